@@ -1,0 +1,85 @@
+# Shared by the benchmark scripts: a throwaway registry on loopback and a layer pusher.
+# Source it; it defines start_registry and push_image, and cleans up on exit.
+
+BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/clip-bench.XXXXXX")
+REGISTRY_PID=""
+cleanup() {
+  if [ -n "$REGISTRY_PID" ]; then kill "$REGISTRY_PID" 2>/dev/null; wait "$REGISTRY_PID" 2>/dev/null || true; fi
+  rm -rf "$BENCH_TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_registry: starts CNCF Distribution on a free loopback port; sets REGISTRY=127.0.0.1:PORT.
+start_registry() {
+  local port; port=$(free_port)
+  mkdir -p "$BENCH_TMP/registry"
+  cat > "$BENCH_TMP/registry.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $BENCH_TMP/registry
+http:
+  addr: 127.0.0.1:$port
+log:
+  level: error
+  accesslog:
+    disabled: true
+YML
+  docker-registry serve "$BENCH_TMP/registry.yml" >"$BENCH_TMP/registry.log" 2>&1 &
+  REGISTRY_PID=$!
+  REGISTRY=127.0.0.1:$port
+  for _ in $(seq 100); do
+    curl -fs "http://$REGISTRY/v2/" >/dev/null && return 0
+    kill -0 "$REGISTRY_PID" 2>/dev/null || { cat "$BENCH_TMP/registry.log"; return 1; }
+    sleep 0.1
+  done
+  echo "registry did not start" >&2; return 1
+}
+
+# push_blob REPO FILE: monolithic upload; prints the digest.
+push_blob() {
+  local repo=$1 file=$2 digest location
+  digest="sha256:$(sha256sum "$file" | cut -d' ' -f1)"
+  location=$(curl -fsS -X POST -D - -o /dev/null "http://$REGISTRY/v2/$repo/blobs/uploads/" \
+    | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
+  case "$location" in http*) ;; *) location="http://$REGISTRY$location" ;; esac
+  case "$location" in *\?*) location="$location&digest=$digest" ;; *) location="$location?digest=$digest" ;; esac
+  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$file" "$location" >/dev/null
+  echo "$digest"
+}
+
+# push_image REPO:TAG LAYER.tar.gz...: pushes gzip layers (with their uncompressed sha256 in
+# LAYER.diffid) as an OCI image.
+push_image() {
+  local ref=$1; shift
+  local repo=${ref%%:*} tag=${ref##*:}
+  local layers_json="" diffids_json="" sep=""
+  for layer in "$@"; do
+    local d size
+    d=$(push_blob "$repo" "$layer")
+    size=$(stat -c %s "$layer")
+    layers_json+="$sep{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$d\",\"size\":$size}"
+    diffids_json+="$sep\"sha256:$(cat "$layer.diffid")\""
+    sep=","
+  done
+  printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+    "$diffids_json" > "$BENCH_TMP/config.json"
+  local cd csize
+  cd=$(push_blob "$repo" "$BENCH_TMP/config.json")
+  csize=$(stat -c %s "$BENCH_TMP/config.json")
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[%s]}' \
+    "$cd" "$csize" "$layers_json" > "$BENCH_TMP/manifest.json"
+  curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+    --data-binary "@$BENCH_TMP/manifest.json" "http://$REGISTRY/v2/$repo/manifests/$tag" >/dev/null
+}
+
+# make_layer OUT.tar.gz DIR...: a gzip layer (level 6, like docker) of host directories.
+make_layer() {
+  local out=$1; shift
+  tar -C / -cf - --sort=name "$@" 2>/dev/null | tee >(sha256sum | cut -d' ' -f1 > "$out.diffid") \
+    | pigz -6 -p "$(nproc)" > "$out"
+}

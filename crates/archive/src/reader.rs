@@ -1,0 +1,1103 @@
+//! The zero-copy reader: [`Archive`] over `&[u8]`.
+//!
+//! Nothing in here may panic on any input bytes: every offset, length and id read from the file
+//! is range-checked where it is used (with `.get()` and checked arithmetic), whether or not the
+//! checksum matched. The lints below hold this module to it.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64;
+use zerocopy::{FromBytes, Immutable, KnownLayout};
+
+use crate::error::{corrupt, ArchiveError};
+use crate::format::*;
+use crate::model::{
+    DataLocation, FileType, ImageMeta, Ino, Inode, Layer, LayerInfo, Span, ROOT_INO,
+};
+use crate::{FORMAT_VERSION, MAGIC};
+
+/// A `.clip` index viewed in place: opening checks the header, the checksum and the section
+/// table and parses the metadata; entries are decoded only when asked for.
+///
+/// `Archive` borrows the bytes (typically an mmap) and is `Send + Sync`.
+pub struct Archive<'a> {
+    bytes: &'a [u8],
+    meta: ImageMeta,
+    layers: Vec<LayerInfo>,
+    attrs: &'a [RawAttr],
+    inodes: &'a [RawInode],
+    dirents: &'a [RawDirent],
+    strings: &'a [u8],
+    xattr_index: &'a [RawXattrIndex],
+    xattrs: &'a [RawXattr],
+    spans: &'a [RawSpan],
+    windows: &'a [u8],
+    sizes: SectionSizes,
+}
+
+impl fmt::Debug for Archive<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Archive")
+            .field("reference", &self.meta.reference)
+            .field("layers", &self.layers.len())
+            .field("inodes", &self.inodes.len())
+            .field("entries", &self.entry_count())
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Bytes per section, for `clip inspect`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SectionSizes {
+    /// The whole file.
+    pub total: u64,
+    /// Header and section table.
+    pub header: u64,
+    /// Image metadata and layer table (JSON).
+    pub meta: u64,
+    /// Unique (mode, uid, gid) records.
+    pub attrs: u64,
+    /// Inode records.
+    pub inodes: u64,
+    /// Directory entry records.
+    pub dirents: u64,
+    /// Names, symlink targets, xattr names and values (deduplicated).
+    pub strings: u64,
+    /// Per-inode xattr index.
+    pub xattr_index: u64,
+    /// Xattr (name, value) records.
+    pub xattrs: u64,
+    /// Seek span records.
+    pub spans: u64,
+    /// Compressed seek windows.
+    pub windows: u64,
+}
+
+/// One inode, decoded from its record. Cheap to copy.
+#[derive(Clone, Copy, Debug)]
+pub struct InodeRef<'a> {
+    ino: Ino,
+    raw: &'a RawInode,
+    file_type: FileType,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl InodeRef<'_> {
+    /// The inode number.
+    pub fn ino(&self) -> Ino {
+        self.ino
+    }
+    /// The type.
+    pub fn file_type(&self) -> FileType {
+        self.file_type
+    }
+    /// Permission bits including setuid/setgid/sticky (`0o7777`), without the type bits.
+    pub fn mode(&self) -> u32 {
+        self.perm
+    }
+    /// Owner.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+    /// Group.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+    /// Regular: content length; symlink: target length; others 0.
+    pub fn size(&self) -> u64 {
+        match self.file_type {
+            FileType::Regular | FileType::Symlink => self.raw.size.get(),
+            _ => 0,
+        }
+    }
+    /// Modification time, seconds since the epoch.
+    pub fn mtime_sec(&self) -> i64 {
+        self.raw.mtime_sec.get()
+    }
+    /// Nanoseconds of the modification time (< 1e9).
+    pub fn mtime_nsec(&self) -> u32 {
+        self.raw.nsec.get() & NSEC_MASK
+    }
+    /// Link count: names of a non-directory; 2 + subdirectories of a directory.
+    pub fn nlink(&self) -> u32 {
+        self.raw.nlink.get()
+    }
+    /// Device major number (devices only, else 0).
+    pub fn rdev_major(&self) -> u32 {
+        match self.file_type {
+            FileType::CharDevice | FileType::BlockDevice => low32(self.raw.payload.get()),
+            _ => 0,
+        }
+    }
+    /// Device minor number (devices only, else 0).
+    pub fn rdev_minor(&self) -> u32 {
+        match self.file_type {
+            FileType::CharDevice | FileType::BlockDevice => high32(self.raw.payload.get()),
+            _ => 0,
+        }
+    }
+    /// Where the content of a regular file is; `None` for empty files and other types.
+    /// (The layer index was checked when the inode was read.)
+    pub fn data(&self) -> Option<DataLocation> {
+        if self.file_type != FileType::Regular {
+            return None;
+        }
+        let (layer, offset) = split_data(self.raw.payload.get());
+        if u64::from(layer) == NO_DATA_LAYER {
+            None
+        } else {
+            Some(DataLocation { layer, offset })
+        }
+    }
+    /// Whether the inode has extended attributes.
+    pub fn has_xattrs(&self) -> bool {
+        self.raw.nsec.get() & NSEC_HAS_XATTRS != 0
+    }
+    /// Directories: the number of entries (not counting `.` and `..`), as recorded; 0 for other
+    /// types. [`Archive::read_dir`] checks it against the file.
+    pub fn child_count(&self) -> u32 {
+        match self.file_type {
+            FileType::Directory => high32(self.raw.payload.get()),
+            _ => 0,
+        }
+    }
+}
+
+/// The seek spans of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct SpanTable<'a> {
+    layer: u32,
+    records: &'a [RawSpan],
+    compressed_size: u64,
+    uncompressed_size: u64,
+}
+
+/// One span, decoded and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanInfo {
+    /// First blob byte needed.
+    pub compressed_offset: u64,
+    /// One past the last blob byte needed.
+    pub compressed_end: u64,
+    /// Start of this span's output in the uncompressed tar stream.
+    pub uncompressed_offset: u64,
+    /// End (exclusive) of this span's output: the next span's start, or the layer's
+    /// uncompressed size for the last span.
+    pub uncompressed_end: u64,
+    /// gzip: unused bits (0..=7) of the byte at `compressed_offset` to prime the inflater with.
+    pub bits: u8,
+    /// sha256 of `blob[compressed_offset..compressed_end]`.
+    pub digest: [u8; 32],
+    /// Whether [`Archive::window`] returns a non-empty dictionary.
+    pub has_window: bool,
+}
+
+impl<'a> SpanTable<'a> {
+    /// The layer these spans belong to.
+    pub fn layer(&self) -> u32 {
+        self.layer
+    }
+
+    /// Number of spans.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the layer has no spans.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Span `i`, checked: ordered offsets, `bits <= 7`, a window of at most 32 KiB.
+    pub fn get(&self, i: usize) -> Result<SpanInfo, ArchiveError> {
+        let bad =
+            |detail: String| corrupt("spans", format!("layer {} span {i}: {detail}", self.layer));
+        let rec = self.records.get(i).ok_or(ArchiveError::NoSuchSpan {
+            layer: self.layer,
+            span: i as u64,
+        })?;
+        let start = rec.uncompressed_offset.get();
+        let end = self.end_of(i);
+        if start > end || (start == end && i.checked_add(1) != Some(self.records.len())) {
+            return Err(bad(format!(
+                "uncompressed range {start}..{end} is out of order"
+            )));
+        }
+        let (c0, c1) = (rec.compressed_offset.get(), rec.compressed_end.get());
+        if c0 > c1 || c1 > self.compressed_size {
+            return Err(bad(format!(
+                "compressed range {c0}..{c1} is not within the blob's {} bytes",
+                self.compressed_size
+            )));
+        }
+        if rec.bits > 7 {
+            return Err(bad(format!("bits = {} (at most 7)", rec.bits)));
+        }
+        let raw_len = rec.window_raw_len.get();
+        if usize::try_from(raw_len).map_or(true, |n| n > MAX_WINDOW) {
+            return Err(bad(format!(
+                "window of {raw_len} bytes (at most {MAX_WINDOW})"
+            )));
+        }
+        if rec.reserved != [0; 7] {
+            return Err(bad("reserved bytes are not zero".to_string()));
+        }
+        Ok(SpanInfo {
+            compressed_offset: c0,
+            compressed_end: c1,
+            uncompressed_offset: start,
+            uncompressed_end: end,
+            bits: rec.bits,
+            digest: rec.digest,
+            has_window: raw_len > 0,
+        })
+    }
+
+    /// The span whose uncompressed range contains `uncompressed_offset` (binary search), or
+    /// `None` when the offset lies before the first span or at/after the layer's end.
+    pub fn find(&self, uncompressed_offset: u64) -> Option<usize> {
+        let p = self
+            .records
+            .partition_point(|r| r.uncompressed_offset.get() <= uncompressed_offset);
+        let i = p.checked_sub(1)?;
+        (uncompressed_offset < self.end_of(i)).then_some(i)
+    }
+
+    /// Iterates over all spans in order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<SpanInfo, ArchiveError>> + 'a {
+        let table = *self;
+        (0..table.len()).map(move |i| table.get(i))
+    }
+
+    /// Uncompressed end of span `i` as recorded (not checked).
+    fn end_of(&self, i: usize) -> u64 {
+        match i.checked_add(1).and_then(|n| self.records.get(n)) {
+            Some(next) => next.uncompressed_offset.get(),
+            None => self.uncompressed_size,
+        }
+    }
+}
+
+/// The entries of one directory, sorted by name bytes. Yields an error (and stops) where the
+/// file is inconsistent.
+#[derive(Clone, Debug)]
+pub struct DirEntries<'a> {
+    dir: Ino,
+    run: std::slice::Iter<'a, RawDirent>,
+    strings: &'a [u8],
+    inode_count: u64,
+    prev: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for DirEntries<'a> {
+    type Item = Result<(&'a [u8], Ino), ArchiveError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let d = self.run.next()?;
+        let item = (|| {
+            let name = dirent_name(self.strings, d)?;
+            if let Some(prev) = self.prev {
+                if prev >= name {
+                    return Err(corrupt(
+                        "dirents",
+                        format!("entries of directory {} are not sorted by name", self.dir),
+                    ));
+                }
+            }
+            self.prev = Some(name);
+            Ok((name, dirent_ino(self.inode_count, d)?))
+        })();
+        if item.is_err() {
+            // Stop after the first error.
+            self.run = [].iter();
+        }
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.run.len()))
+    }
+}
+
+impl<'a> Archive<'a> {
+    /// Opens an index: checks the magic, the version, the length, the checksum and the section
+    /// table, and parses the metadata. Entries are not decoded.
+    pub fn open(bytes: &'a [u8]) -> Result<Self, ArchiveError> {
+        let len = bytes.len() as u64;
+        let head = bytes.get(..MAGIC.len()).unwrap_or(bytes);
+        if MAGIC.get(..head.len()) != Some(head) {
+            return Err(ArchiveError::NotAnArchive {
+                found: head.to_vec(),
+            });
+        }
+        // The version sits at offset 8 in every version of the format.
+        if let Some(v) = bytes.get(8..12) {
+            let version = u32::from_le_bytes([
+                *v.first().unwrap_or(&0),
+                *v.get(1).unwrap_or(&0),
+                *v.get(2).unwrap_or(&0),
+                *v.get(3).unwrap_or(&0),
+            ]);
+            if version != FORMAT_VERSION {
+                return Err(ArchiveError::UnsupportedVersion {
+                    found: version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+        let (header, _) =
+            RawHeader::ref_from_prefix(bytes).map_err(|_| ArchiveError::Truncated {
+                needed: HEADER_LEN as u64,
+                len,
+            })?;
+        let file_len = header.file_len.get();
+        if file_len > len {
+            return Err(ArchiveError::Truncated {
+                needed: file_len,
+                len,
+            });
+        }
+        if file_len < len {
+            return Err(corrupt(
+                "header",
+                format!("the file has {len} bytes but its header says {file_len}"),
+            ));
+        }
+        let stored = header.checksum.get();
+        let computed = xxh3_64(bytes.get(CHECKSUM_START..).unwrap_or(&[]));
+        if stored != computed {
+            return Err(ArchiveError::ChecksumMismatch {
+                expected: stored,
+                found: computed,
+            });
+        }
+        if header.flags.get() != 0 {
+            return Err(corrupt(
+                "header",
+                format!("unknown flags {:#x}", header.flags.get()),
+            ));
+        }
+        if header.reserved != [0; 28] {
+            return Err(corrupt("header", "reserved bytes are not zero"));
+        }
+        if header.section_count.get() as usize != SECTION_COUNT {
+            return Err(corrupt(
+                "header",
+                format!(
+                    "{} sections, version {FORMAT_VERSION} has {SECTION_COUNT}",
+                    header.section_count.get()
+                ),
+            ));
+        }
+        let table = bytes
+            .get(HEADER_LEN..SECTIONS_START)
+            .and_then(|t| <[RawSection]>::ref_from_bytes(t).ok())
+            .ok_or(ArchiveError::Truncated {
+                needed: SECTIONS_START as u64,
+                len,
+            })?;
+
+        let mut sections: [&'a [u8]; SECTION_COUNT] = [&[]; SECTION_COUNT];
+        let mut expected = SECTIONS_START as u64;
+        for (i, (entry, slot)) in table.iter().zip(sections.iter_mut()).enumerate() {
+            let name = SECTION_NAMES.get(i).copied().unwrap_or("?");
+            let kind = entry.kind.get();
+            if u32::try_from(i).ok().and_then(|i| i.checked_add(1)) != Some(kind) {
+                return Err(corrupt(
+                    "header",
+                    format!("section table entry {i} has kind {kind}, expected the {name} section"),
+                ));
+            }
+            if entry.reserved.get() != 0 {
+                return Err(corrupt(
+                    "header",
+                    format!("{name} section: reserved field not zero"),
+                ));
+            }
+            let (off, slen) = (entry.offset.get(), entry.len.get());
+            let end = off.checked_add(slen);
+            if off != expected || end.is_none_or(|e| e > file_len) {
+                return Err(corrupt(
+                    "header",
+                    format!(
+                        "{name} section at {off}+{slen} is not where expected ({expected}, \
+                         within {file_len} bytes)"
+                    ),
+                ));
+            }
+            *slot = range(off, slen).and_then(|r| bytes.get(r)).ok_or_else(|| {
+                corrupt(
+                    "header",
+                    format!("{name} section at {off}+{slen} is out of bounds"),
+                )
+            })?;
+            expected = end.unwrap_or(file_len);
+        }
+        if expected != file_len {
+            return Err(corrupt(
+                "header",
+                format!("sections end at {expected}, but the file has {file_len} bytes"),
+            ));
+        }
+        let [meta, attrs, inodes, dirents, strings, xattr_index, xattrs, spans, windows] = sections;
+
+        let doc: MetaDoc = serde_json::from_slice(meta)
+            .map_err(|e| corrupt("meta", format!("invalid JSON: {e}")))?;
+        let spans: &[RawSpan] = records(spans, "spans")?;
+        if doc.layers.len() as u64 >= NO_DATA_LAYER {
+            return Err(corrupt("meta", format!("{} layers", doc.layers.len())));
+        }
+        let mut next_span: u64 = 0;
+        for (i, l) in doc.layers.iter().enumerate() {
+            if l.first_span != next_span {
+                return Err(corrupt(
+                    "meta",
+                    format!(
+                        "layer {i}: spans start at {}, expected {next_span}",
+                        l.first_span
+                    ),
+                ));
+            }
+            next_span = next_span
+                .checked_add(l.span_count)
+                .ok_or_else(|| corrupt("meta", format!("layer {i}: span count overflows")))?;
+        }
+        if next_span != spans.len() as u64 {
+            return Err(corrupt(
+                "meta",
+                format!(
+                    "the layers have {next_span} spans, the spans section {}",
+                    spans.len()
+                ),
+            ));
+        }
+
+        let archive = Archive {
+            bytes,
+            meta: doc.image,
+            layers: doc.layers,
+            attrs: records(attrs, "attrs")?,
+            inodes: records(inodes, "inodes")?,
+            dirents: records(dirents, "dirents")?,
+            strings,
+            xattr_index: records(xattr_index, "xattr index")?,
+            xattrs: records(xattrs, "xattrs")?,
+            spans,
+            windows,
+            sizes: SectionSizes {
+                total: len,
+                header: SECTIONS_START as u64,
+                meta: meta.len() as u64,
+                attrs: attrs.len() as u64,
+                inodes: inodes.len() as u64,
+                dirents: dirents.len() as u64,
+                strings: strings.len() as u64,
+                xattr_index: xattr_index.len() as u64,
+                xattrs: xattrs.len() as u64,
+                spans: (spans.len() as u64).saturating_mul(SPAN_LEN),
+                windows: windows.len() as u64,
+            },
+        };
+        let root = archive.inode(ROOT_INO).map_err(|e| match e {
+            ArchiveError::NoSuchInode(_) => corrupt("inodes", "there is no root inode"),
+            e => e,
+        })?;
+        if root.file_type() != FileType::Directory {
+            return Err(corrupt("inodes", "the root inode is not a directory"));
+        }
+        if root.raw.size.get() != ROOT_INO {
+            return Err(corrupt("inodes", "the root's parent is not the root"));
+        }
+        Ok(archive)
+    }
+
+    /// The bytes this archive was opened on.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Image metadata.
+    pub fn meta(&self) -> &ImageMeta {
+        &self.meta
+    }
+
+    /// The layer table, bottom layer first.
+    pub fn layers(&self) -> &[LayerInfo] {
+        &self.layers
+    }
+
+    /// The seek spans of a layer.
+    pub fn spans(&self, layer: u32) -> Result<SpanTable<'a>, ArchiveError> {
+        let info = self.layer_info(layer)?;
+        let records = range(info.first_span, info.span_count)
+            .and_then(|r| self.spans.get(r))
+            .ok_or_else(|| corrupt("meta", format!("layer {layer}: span range out of bounds")))?;
+        Ok(SpanTable {
+            layer,
+            records,
+            compressed_size: info.compressed_size,
+            uncompressed_size: info.uncompressed_size,
+        })
+    }
+
+    /// The decompressed deflate dictionary of a span (empty when it has none).
+    pub fn window(&self, layer: u32, span: usize) -> Result<Vec<u8>, ArchiveError> {
+        let table = self.spans(layer)?;
+        let rec = table.records.get(span).ok_or(ArchiveError::NoSuchSpan {
+            layer,
+            span: span as u64,
+        })?;
+        let bad =
+            |detail: String| corrupt("windows", format!("layer {layer} span {span}: {detail}"));
+        let raw_len = rec.window_raw_len.get();
+        let packed_len = rec.window_len.get();
+        let raw_len = usize::try_from(raw_len)
+            .ok()
+            .filter(|&n| n <= MAX_WINDOW)
+            .ok_or_else(|| bad(format!("window of {raw_len} bytes (at most {MAX_WINDOW})")))?;
+        if raw_len == 0 {
+            if packed_len != 0 {
+                return Err(bad("an empty window with stored bytes".to_string()));
+            }
+            return Ok(Vec::new());
+        }
+        let off = rec.window_offset.get();
+        let src = range(off, u64::from(packed_len))
+            .and_then(|r| self.windows.get(r))
+            .ok_or_else(|| bad(format!("window bytes {off}+{packed_len} out of bounds")))?;
+        let out = zstd::bulk::decompress(src, raw_len)
+            .map_err(|e| bad(format!("window does not decompress: {e}")))?;
+        if out.len() != raw_len {
+            return Err(bad(format!(
+                "window has {} bytes, expected {raw_len}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Number of inodes (`1..=inode_count` are valid inode numbers).
+    pub fn inode_count(&self) -> u64 {
+        self.inodes.len() as u64
+    }
+
+    /// Number of names: directory entries + 1 for the root. Hardlinks count once per name.
+    pub fn entry_count(&self) -> u64 {
+        (self.dirents.len() as u64).saturating_add(1)
+    }
+
+    /// Bytes per section.
+    pub fn section_sizes(&self) -> SectionSizes {
+        self.sizes
+    }
+
+    /// Reads an inode.
+    pub fn inode(&self, ino: Ino) -> Result<InodeRef<'a>, ArchiveError> {
+        let raw = ino
+            .checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.inodes.get(i))
+            .ok_or(ArchiveError::NoSuchInode(ino))?;
+        let attr_idx = raw.attr.get();
+        let attr = usize::try_from(attr_idx)
+            .ok()
+            .and_then(|i| self.attrs.get(i))
+            .ok_or_else(|| {
+                corrupt(
+                    "inodes",
+                    format!(
+                        "inode {ino} refers to attribute record {attr_idx} of {}",
+                        self.attrs.len()
+                    ),
+                )
+            })?;
+        let mode = attr.mode.get();
+        let file_type = match mode & S_IFMT {
+            S_IFDIR => FileType::Directory,
+            S_IFREG => FileType::Regular,
+            S_IFLNK => FileType::Symlink,
+            S_IFCHR => FileType::CharDevice,
+            S_IFBLK => FileType::BlockDevice,
+            S_IFIFO => FileType::Fifo,
+            _ => {
+                return Err(corrupt(
+                    "attrs",
+                    format!("record {attr_idx}: mode {mode:#o}"),
+                ))
+            }
+        };
+        if mode & !(S_IFMT | PERM_MASK) != 0 {
+            return Err(corrupt(
+                "attrs",
+                format!("record {attr_idx}: mode {mode:#o}"),
+            ));
+        }
+        let nsec = raw.nsec.get();
+        if nsec & NSEC_RESERVED != 0 || nsec & NSEC_MASK >= 1_000_000_000 {
+            return Err(corrupt(
+                "inodes",
+                format!("inode {ino}: bad nanoseconds field {nsec:#x}"),
+            ));
+        }
+        if file_type == FileType::Regular {
+            let (layer, offset) = split_data(raw.payload.get());
+            if u64::from(layer) != NO_DATA_LAYER {
+                let info = self.layers.get(layer as usize).ok_or_else(|| {
+                    corrupt(
+                        "inodes",
+                        format!(
+                            "inode {ino}: data in layer {layer} of {}",
+                            self.layers.len()
+                        ),
+                    )
+                })?;
+                let size = raw.size.get();
+                if offset
+                    .checked_add(size)
+                    .is_none_or(|end| end > info.uncompressed_size)
+                {
+                    return Err(corrupt(
+                        "inodes",
+                        format!(
+                            "inode {ino}: data {offset}+{size} beyond the end of layer {layer}"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(InodeRef {
+            ino,
+            raw,
+            file_type,
+            perm: mode & PERM_MASK,
+            uid: attr.uid.get(),
+            gid: attr.gid.get(),
+        })
+    }
+
+    /// Looks `name` up in directory `dir` (binary search). `Ok(None)` when there is no such
+    /// entry.
+    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, ArchiveError> {
+        let run = self.dir_run(dir)?;
+        let (mut lo, mut hi) = (0usize, run.len());
+        while lo < hi {
+            // lo < hi <= run.len(), so mid < run.len() and the additions cannot overflow.
+            let mid = lo.saturating_add(hi.saturating_sub(lo) / 2);
+            let d = run
+                .get(mid)
+                .ok_or_else(|| corrupt("dirents", "binary search out of range"))?;
+            match dirent_name(self.strings, d)?.cmp(name) {
+                std::cmp::Ordering::Less => lo = mid.saturating_add(1),
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return dirent_ino(self.inode_count(), d).map(Some),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The entries of a directory, sorted by name bytes (without `.` and `..`).
+    pub fn read_dir(&self, dir: Ino) -> Result<DirEntries<'a>, ArchiveError> {
+        let run = self.dir_run(dir)?;
+        Ok(DirEntries {
+            dir,
+            run: run.iter(),
+            strings: self.strings,
+            inode_count: self.inode_count(),
+            prev: None,
+        })
+    }
+
+    /// The parent of a directory; the root's parent is the root.
+    pub fn parent(&self, dir: Ino) -> Result<Ino, ArchiveError> {
+        let node = self.inode(dir)?;
+        if node.file_type != FileType::Directory {
+            return Err(ArchiveError::NotADirectory(dir));
+        }
+        let parent = node.raw.size.get();
+        if parent == 0 || parent > self.inode_count() {
+            return Err(corrupt(
+                "inodes",
+                format!("directory {dir} has parent {parent}"),
+            ));
+        }
+        Ok(parent)
+    }
+
+    /// The target of a symlink.
+    pub fn symlink_target(&self, ino: Ino) -> Result<&'a [u8], ArchiveError> {
+        let node = self.inode(ino)?;
+        if node.file_type != FileType::Symlink {
+            return Err(ArchiveError::NotASymlink(ino));
+        }
+        let (off, len) = (node.raw.payload.get(), node.raw.size.get());
+        range(off, len)
+            .and_then(|r| self.strings.get(r))
+            .ok_or_else(|| {
+                corrupt(
+                    "inodes",
+                    format!("symlink {ino}: target {off}+{len} out of bounds"),
+                )
+            })
+    }
+
+    /// The extended attributes of an inode as (name, value), sorted by name.
+    #[allow(clippy::type_complexity)] // the plain type says it best
+    pub fn xattrs(&self, ino: Ino) -> Result<Vec<(&'a [u8], &'a [u8])>, ArchiveError> {
+        let pairs = self.xattr_run(ino)?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for x in pairs {
+            out.push(self.xattr_pair(ino, x)?);
+        }
+        Ok(out)
+    }
+
+    /// The value of one extended attribute, `Ok(None)` when the inode has no such attribute.
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<&'a [u8]>, ArchiveError> {
+        for x in self.xattr_run(ino)? {
+            let (n, v) = self.xattr_pair(ino, x)?;
+            if n == name {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolves a path from the root: `"/a/b"` or `"a/b"`; `.` and empty components are
+    /// skipped, `..` goes to the parent. Symlinks are not followed. `Ok(None)` when a component
+    /// does not exist; [`ArchiveError::NotADirectory`] when a non-final component is not a
+    /// directory.
+    pub fn resolve(&self, path: &str) -> Result<Option<Ino>, ArchiveError> {
+        self.resolve_bytes(path.as_bytes())
+    }
+
+    /// [`Archive::resolve`] for paths that are not UTF-8.
+    pub fn resolve_bytes(&self, path: &[u8]) -> Result<Option<Ino>, ArchiveError> {
+        let mut cur = ROOT_INO;
+        for comp in path.split(|&b| b == b'/') {
+            match comp {
+                b"" | b"." => {}
+                b".." => cur = self.parent(cur)?,
+                name => match self.lookup(cur, name)? {
+                    Some(ino) => cur = ino,
+                    None => return Ok(None),
+                },
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// Depth-first walk of the whole tree, in name order, yielding `(path, ino)`; the root
+    /// comes first as `"/"`. Hardlinked inodes appear once per name. Terminates on any input:
+    /// each directory is entered at most once, and only from its recorded parent.
+    pub fn walk(&self) -> Walk<'_, 'a> {
+        Walk {
+            archive: self,
+            stack: Vec::new(),
+            path: Vec::new(),
+            entered: vec![0; self.inodes.len().div_ceil(64)],
+            started: false,
+            pending: None,
+        }
+    }
+
+    /// The whole inode as an owned [`Inode`] (with xattrs and symlink target).
+    pub fn inode_owned(&self, ino: Ino) -> Result<Inode, ArchiveError> {
+        let node = self.inode(ino)?;
+        let xattrs = if node.has_xattrs() {
+            self.xattrs(ino)?
+                .into_iter()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let symlink_target = if node.file_type == FileType::Symlink {
+            self.symlink_target(ino)?.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Inode {
+            file_type: node.file_type,
+            mode: node.mode(),
+            uid: node.uid(),
+            gid: node.gid(),
+            size: node.size(),
+            mtime_sec: node.mtime_sec(),
+            mtime_nsec: node.mtime_nsec(),
+            rdev_major: node.rdev_major(),
+            rdev_minor: node.rdev_minor(),
+            xattrs,
+            symlink_target,
+            data: node.data(),
+        })
+    }
+
+    /// A layer with all its spans and decompressed windows, as an owned [`Layer`].
+    pub fn layer_owned(&self, layer: u32) -> Result<Layer, ArchiveError> {
+        let info = self.layer_info(layer)?;
+        let table = self.spans(layer)?;
+        let mut spans = Vec::with_capacity(table.len());
+        for i in 0..table.len() {
+            let s = table.get(i)?;
+            spans.push(Span {
+                compressed_offset: s.compressed_offset,
+                compressed_end: s.compressed_end,
+                uncompressed_offset: s.uncompressed_offset,
+                bits: s.bits,
+                window: self.window(layer, i)?,
+                digest: s.digest,
+            });
+        }
+        Ok(Layer {
+            digest: info.digest.clone(),
+            media_type: info.media_type.clone(),
+            compression: info.compression,
+            compressed_size: info.compressed_size,
+            uncompressed_size: info.uncompressed_size,
+            diff_id: info.diff_id.clone(),
+            span_size: info.span_size,
+            spans,
+        })
+    }
+
+    fn layer_info(&self, layer: u32) -> Result<&LayerInfo, ArchiveError> {
+        usize::try_from(layer)
+            .ok()
+            .and_then(|l| self.layers.get(l))
+            .ok_or(ArchiveError::NoSuchLayer(layer))
+    }
+
+    /// The dirent run of a directory, range-checked.
+    fn dir_run(&self, dir: Ino) -> Result<&'a [RawDirent], ArchiveError> {
+        let node = self.inode(dir)?;
+        if node.file_type != FileType::Directory {
+            return Err(ArchiveError::NotADirectory(dir));
+        }
+        let payload = node.raw.payload.get();
+        let (first, count) = (u64::from(low32(payload)), u64::from(high32(payload)));
+        range(first, count)
+            .and_then(|r| self.dirents.get(r))
+            .ok_or_else(|| {
+                corrupt(
+                    "inodes",
+                    format!(
+                        "directory {dir}: entries {first}+{count} out of {}",
+                        self.dirents.len()
+                    ),
+                )
+            })
+    }
+
+    /// The xattr records of an inode (empty if it has none).
+    fn xattr_run(&self, ino: Ino) -> Result<&'a [RawXattr], ArchiveError> {
+        let node = self.inode(ino)?;
+        if !node.has_xattrs() {
+            return Ok(&[]);
+        }
+        let idx = self
+            .xattr_index
+            .binary_search_by_key(&ino, |r| u64::from(r.ino.get()))
+            .ok()
+            .and_then(|i| self.xattr_index.get(i))
+            .ok_or_else(|| {
+                corrupt(
+                    "xattr index",
+                    format!("inode {ino} has xattrs but no index entry"),
+                )
+            })?;
+        let (first, count) = (u64::from(idx.first.get()), u64::from(idx.count.get()));
+        range(first, count)
+            .and_then(|r| self.xattrs.get(r))
+            .ok_or_else(|| {
+                corrupt(
+                    "xattr index",
+                    format!("inode {ino}: xattrs {first}+{count} out of bounds"),
+                )
+            })
+    }
+
+    fn xattr_pair(&self, ino: Ino, x: &RawXattr) -> Result<(&'a [u8], &'a [u8]), ArchiveError> {
+        let get = |off: u32, len: u32| {
+            range(u64::from(off), u64::from(len)).and_then(|r| self.strings.get(r))
+        };
+        let name = get(x.name_off.get(), x.name_len.get());
+        let value = get(x.value_off.get(), x.value_len.get());
+        match (name, value) {
+            (Some(n), Some(v)) => Ok((n, v)),
+            _ => Err(corrupt(
+                "xattrs",
+                format!("inode {ino}: an xattr string is out of bounds"),
+            )),
+        }
+    }
+}
+
+/// The depth-first iterator of [`Archive::walk`].
+pub struct Walk<'s, 'a> {
+    archive: &'s Archive<'a>,
+    /// Open directories: entries still to visit, the directory, the length of its path.
+    stack: Vec<(DirEntries<'a>, Ino, usize)>,
+    path: Vec<u8>,
+    /// Bit per inode: directory already entered.
+    entered: Vec<u64>,
+    started: bool,
+    pending: Option<ArchiveError>,
+}
+
+impl fmt::Debug for Walk<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Walk")
+            .field("path", &self.path.escape_ascii().to_string())
+            .finish()
+    }
+}
+
+impl Walk<'_, '_> {
+    /// Marks a directory as entered; false if it already was (or the ino is out of range).
+    fn enter(&mut self, ino: Ino) -> bool {
+        let Some(i) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
+            return false;
+        };
+        let Some(word) = self.entered.get_mut(i / 64) else {
+            return false;
+        };
+        let bit = 1u64 << (i % 64);
+        if *word & bit != 0 {
+            return false;
+        }
+        *word |= bit;
+        true
+    }
+}
+
+impl Iterator for Walk<'_, '_> {
+    type Item = Result<(Vec<u8>, Ino), ArchiveError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.pending.take() {
+            return Some(Err(e));
+        }
+        if !self.started {
+            self.started = true;
+            self.enter(ROOT_INO);
+            match self.archive.read_dir(ROOT_INO) {
+                Ok(entries) => self.stack.push((entries, ROOT_INO, 0)),
+                Err(e) => self.pending = Some(e),
+            }
+            return Some(Ok((b"/".to_vec(), ROOT_INO)));
+        }
+        loop {
+            let (entries, dir, dir_len) = self.stack.last_mut()?;
+            let (dir, dir_len) = (*dir, *dir_len);
+            let (name, ino) = match entries.next() {
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(entry)) => entry,
+            };
+            self.path.truncate(dir_len);
+            self.path.push(b'/');
+            self.path.extend_from_slice(name);
+            let node = match self.archive.inode(ino) {
+                Ok(node) => node,
+                Err(e) => return Some(Err(e)),
+            };
+            if node.file_type() == FileType::Directory {
+                let parent_ok = matches!(self.archive.parent(ino), Ok(p) if p == dir);
+                if ino == ROOT_INO || !parent_ok || !self.enter(ino) {
+                    return Some(Err(corrupt(
+                        "dirents",
+                        format!(
+                            "directory {ino} named at {} is not a child of directory {dir}",
+                            self.path.escape_ascii()
+                        ),
+                    )));
+                }
+                match self.archive.read_dir(ino) {
+                    Ok(entries) => self.stack.push((entries, ino, self.path.len())),
+                    Err(e) => self.pending = Some(e),
+                }
+            }
+            return Some(Ok((self.path.clone(), ino)));
+        }
+    }
+}
+
+/// Size of one span record, as u64.
+const SPAN_LEN: u64 = 80;
+
+/// `off..off + len` as a usize range, if it does not overflow.
+fn range(off: u64, len: u64) -> Option<Range<usize>> {
+    let start = usize::try_from(off).ok()?;
+    let end = usize::try_from(off.checked_add(len)?).ok()?;
+    Some(start..end)
+}
+
+/// Views a fixed-record section as a table.
+fn records<'a, T>(bytes: &'a [u8], section: &'static str) -> Result<&'a [T], ArchiveError>
+where
+    T: FromBytes + KnownLayout + Immutable + zerocopy::Unaligned,
+{
+    <[T]>::ref_from_bytes(bytes).map_err(|_| {
+        corrupt(
+            section,
+            format!(
+                "length {} is not a multiple of the {}-byte record",
+                bytes.len(),
+                std::mem::size_of::<T>()
+            ),
+        )
+    })
+}
+
+fn dirent_name<'a>(strings: &'a [u8], d: &RawDirent) -> Result<&'a [u8], ArchiveError> {
+    let (off, len) = (u64::from(d.name_off.get()), u64::from(d.name_len.get()));
+    range(off, len)
+        .and_then(|r| strings.get(r))
+        .ok_or_else(|| corrupt("dirents", format!("name {off}+{len} out of bounds")))
+}
+
+fn dirent_ino(inode_count: u64, d: &RawDirent) -> Result<Ino, ArchiveError> {
+    let ino = u64::from(d.ino.get());
+    if ino == 0 || ino > inode_count {
+        return Err(corrupt(
+            "dirents",
+            format!("entry refers to inode {ino} of {inode_count}"),
+        ));
+    }
+    Ok(ino)
+}
+
+#[allow(clippy::cast_possible_truncation)] // masked/shifted to fit
+fn low32(v: u64) -> u32 {
+    (v & 0xFFFF_FFFF) as u32
+}
+
+#[allow(clippy::cast_possible_truncation)] // shifted to fit
+fn high32(v: u64) -> u32 {
+    (v >> 32) as u32
+}
+
+/// Regular file payload → (layer, offset).
+#[allow(clippy::cast_possible_truncation)] // shifted to 16 bits
+fn split_data(payload: u64) -> (u32, u64) {
+    (
+        (payload >> DATA_OFFSET_BITS) as u32,
+        payload & DATA_OFFSET_MASK,
+    )
+}

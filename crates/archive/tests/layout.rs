@@ -1,0 +1,148 @@
+//! The bytes match docs/FORMAT.md, decoded here by hand, and do not drift unnoticed.
+
+mod common;
+
+use clip_archive::*;
+use common::*;
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// A fixed input without windows (window bytes depend on the zstd library version).
+fn fixed() -> Vec<u8> {
+    let mut t = Tree::new(dir(0o755));
+    let etc = t.add(0, "etc", dir(0o750));
+    let mut hosts = file(0o644, 5, 0, 512);
+    hosts.uid = 7;
+    hosts.mtime_sec = -2;
+    hosts.mtime_nsec = 3;
+    hosts.xattrs = vec![(b"user.k".to_vec(), b"v".to_vec())];
+    t.add(etc, "hosts", hosts);
+    t.add(0, "sh", symlink(b"busybox"));
+    t.add(0, "tty", device(FileType::CharDevice, 5, 0));
+    let mut l = layers();
+    for layer in &mut l {
+        for span in &mut layer.spans {
+            span.window.clear();
+        }
+    }
+    write_archive(&meta(), &l, &t).unwrap()
+}
+
+#[test]
+fn bytes_follow_the_documented_layout() {
+    let b = fixed();
+    // Header.
+    assert_eq!(&b[0..8], b"CLIPIDX\0");
+    assert_eq!(u32_at(&b, 8), 1);
+    assert_eq!(u32_at(&b, 12), 0);
+    assert_eq!(u64_at(&b, 16), b.len() as u64);
+    assert_eq!(u64_at(&b, 24), xxhash_rust::xxh3::xxh3_64(&b[32..]));
+    assert_eq!(u32_at(&b, 32), 9);
+    assert!(b[36..64].iter().all(|&x| x == 0));
+    // Section table.
+    let mut sec = Vec::new();
+    let mut expected = 64 + 9 * 24;
+    for i in 0..9 {
+        let e = 64 + i * 24;
+        assert_eq!(u32_at(&b, e), i as u32 + 1);
+        assert_eq!(u32_at(&b, e + 4), 0);
+        let (off, len) = (u64_at(&b, e + 8) as usize, u64_at(&b, e + 16) as usize);
+        assert_eq!(off, expected);
+        expected = off + len;
+        sec.push(&b[off..off + len]);
+    }
+    assert_eq!(expected, b.len());
+    let (meta_json, attrs, inodes, dirents, strings, xidx, xattrs, spans) = (
+        sec[0], sec[1], sec[2], sec[3], sec[4], sec[5], sec[6], sec[7],
+    );
+    assert!(meta_json.starts_with(br#"{"image":{"reference":"docker.io/library/alpine:3.20","#));
+    assert!(std::str::from_utf8(meta_json).unwrap().contains(
+        r#""compression":"gzip","compressed_size":3000000,"uncompressed_size":10000000,"diff_id":"sha256:1112","span_size":4194304,"first_span":0,"span_count":3}"#
+    ));
+    assert_eq!(inodes.len(), 5 * 36);
+    assert_eq!(dirents.len(), 4 * 10);
+    assert_eq!(spans.len(), 6 * 80);
+
+    // Inodes, breadth-first in name order: / etc sh tty hosts.
+    let inode = |ino: usize| &inodes[(ino - 1) * 36..ino * 36];
+    let attr = |i: u32| {
+        let a = &attrs[i as usize * 12..];
+        (u32_at(a, 0), u32_at(a, 4), u32_at(a, 8))
+    };
+    let root = inode(1);
+    assert_eq!(attr(u32_at(root, 0)), (0o40755, 0, 0));
+    assert_eq!(u32_at(root, 4), 3, "nlink = 2 + one subdirectory");
+    assert_eq!(u64_at(root, 8), 1, "the root's parent is the root");
+    assert_eq!(u64_at(root, 28), 3 << 32, "entries 0.. (3 of them)");
+    let etc = inode(2);
+    assert_eq!(attr(u32_at(etc, 0)).0, 0o40750);
+    assert_eq!(u64_at(etc, 8), 1);
+    assert_eq!(u64_at(etc, 28), 3 | (1 << 32), "entries 3.. (1 of them)");
+    let sh = inode(3);
+    assert_eq!(attr(u32_at(sh, 0)).0, 0o120777);
+    assert_eq!(u64_at(sh, 8), 7);
+    let target = u64_at(sh, 28) as usize;
+    assert_eq!(&strings[target..target + 7], b"busybox");
+    let tty = inode(4);
+    assert_eq!(attr(u32_at(tty, 0)).0, 0o20660);
+    assert_eq!(u64_at(tty, 28), 5);
+    let hosts = inode(5);
+    assert_eq!(attr(u32_at(hosts, 0)), (0o100644, 7, 0));
+    assert_eq!(u32_at(hosts, 4), 1);
+    assert_eq!(u64_at(hosts, 8), 5);
+    assert_eq!(u64_at(hosts, 16) as i64, -2);
+    assert_eq!(
+        u32_at(hosts, 24),
+        3 | 1 << 31,
+        "nanoseconds + has-xattrs bit"
+    );
+    assert_eq!(u64_at(hosts, 28), 512, "layer 0, offset 512");
+
+    // Dirents.
+    let dirent = |i: usize| {
+        let d = &dirents[i * 10..];
+        let (off, len) = (u32_at(d, 0) as usize, u16_at(d, 4) as usize);
+        (&strings[off..off + len], u32_at(d, 6))
+    };
+    assert_eq!(dirent(0), (&b"etc"[..], 2));
+    assert_eq!(dirent(1), (&b"sh"[..], 3));
+    assert_eq!(dirent(2), (&b"tty"[..], 4));
+    assert_eq!(dirent(3), (&b"hosts"[..], 5));
+
+    // Xattrs.
+    assert_eq!(
+        (u32_at(xidx, 0), u32_at(xidx, 4), u32_at(xidx, 8)),
+        (5, 0, 1)
+    );
+    let s =
+        |o: usize, l: usize| &strings[u32_at(xattrs, o) as usize..][..u32_at(xattrs, l) as usize];
+    assert_eq!(s(0, 4), b"user.k");
+    assert_eq!(s(8, 12), b"v");
+
+    // Spans: second span of layer 0.
+    let sp = &spans[80..160];
+    assert_eq!(u64_at(sp, 0), 1_199_999);
+    assert_eq!(u64_at(sp, 8), 2_400_000);
+    assert_eq!(u64_at(sp, 16), 4_194_400);
+    assert_eq!(sp[40], 3);
+    assert_eq!(&sp[48..50], &[31 * 2, 31 * 2 + 1]);
+}
+
+#[test]
+fn the_format_has_not_drifted() {
+    // If this fails, the bytes of the format changed. If that is intended: bump
+    // FORMAT_VERSION, update docs/FORMAT.md, then this constant.
+    let sum = xxhash_rust::xxh3::xxh3_64(&fixed());
+    assert_eq!(
+        sum, 0xde35_6da3_b982_f06b,
+        "format fingerprint is {sum:#018x}"
+    );
+}

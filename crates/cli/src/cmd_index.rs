@@ -1,0 +1,214 @@
+//! `clip index IMAGE OUT.clip`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clip_indexer::{IndexOptions, Progress};
+use clip_registry::{Client, ClientOptions, Credentials, Platform, Reference};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::units;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Image reference, docker style: `alpine`, `registry:5000/app:1.2`, `app@sha256:…`.
+    pub image: String,
+    /// Where to write the index.
+    pub out: PathBuf,
+    /// Platform to pick from a multi-arch image: OS/ARCH[/VARIANT]. Default: this machine's.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Uncompressed bytes between seek checkpoints (e.g. 1M, 4M): smaller spans fetch less
+    /// per read, larger spans make a smaller index.
+    #[arg(long, default_value = "1M", value_parser = units::parse_size)]
+    pub span: u64,
+    /// Layers indexed in parallel. Default: the number of cores.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Registry credentials USER:PASS (otherwise from $REGISTRY_AUTH_FILE or the docker config).
+    #[arg(long, env = "CLIP_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
+    #[arg(long)]
+    pub insecure: bool,
+    /// No progress display.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let reference: Reference = args.image.parse()?;
+    let platform = match &args.platform {
+        Some(p) => p.parse::<Platform>()?,
+        None => Platform::host(),
+    };
+    let creds = args
+        .creds
+        .as_deref()
+        .map(|c| {
+            c.split_once(':')
+                .map(|(u, p)| Credentials {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                })
+                .context("--creds must be USER:PASSWORD")
+        })
+        .transpose()?;
+    let mut options = ClientOptions {
+        creds,
+        ..ClientOptions::default()
+    };
+    if args.insecure {
+        options.insecure_registries.push(reference.registry.clone());
+    }
+    let client = Client::new(options)?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if jobs == 0 {
+        anyhow::bail!("--jobs must be at least 1");
+    }
+    if args.span < 64 * 1024 {
+        anyhow::bail!("--span must be at least 64k (a checkpoint costs up to 32 KiB of window)");
+    }
+    let opts = IndexOptions {
+        platform,
+        span: args.span,
+        jobs,
+    };
+
+    let display = Display::new(args.quiet);
+    let indexed = clip_indexer::index_image(&client, &reference, &opts, &display)
+        .with_context(|| format!("indexing {reference}"))?;
+    display.clear();
+
+    write_atomically(&args.out, &indexed.archive)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let summary = serde_json::json!({
+            "image": reference.to_string(),
+            "output": args.out,
+            "entries": indexed.entries,
+            "layers": indexed.layers,
+            "index_bytes": indexed.archive.len(),
+            "compressed_bytes": indexed.compressed_bytes,
+            "uncompressed_bytes": indexed.uncompressed_bytes,
+            "seconds": indexed.elapsed.as_secs_f64(),
+        });
+        writeln!(out, "{summary}")?;
+    } else {
+        writeln!(
+            out,
+            "indexed {reference}: {} entries, {} layers, index {} in {} ({} of layers, {})",
+            units::count(indexed.entries),
+            indexed.layers,
+            units::bytes(indexed.archive.len() as u64),
+            units::seconds(indexed.elapsed),
+            units::bytes(indexed.compressed_bytes),
+            units::rate(indexed.compressed_bytes, indexed.elapsed),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same directory and a rename, so a
+/// crash never leaves a partial index under the final name.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Progress on a terminal: one bar per layer (compressed bytes read, entries seen).
+struct Display {
+    multi: MultiProgress,
+    bars: std::sync::OnceLock<Vec<ProgressBar>>,
+}
+
+impl Display {
+    fn new(quiet: bool) -> Self {
+        let target = if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        Display {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Default::default(),
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(bars) = self.bars.get() {
+            for b in bars {
+                b.finish_and_clear();
+            }
+        }
+        let _ = self.multi.clear();
+    }
+
+    fn bar(&self, layer: usize) -> Option<&ProgressBar> {
+        self.bars.get().and_then(|b| b.get(layer))
+    }
+}
+
+impl Progress for Display {
+    fn resolved(&self, layers: &[clip_registry::LayerDescriptor]) {
+        let style = ProgressStyle::with_template(
+            "{prefix:>9} {bar:30.cyan/blue} {bytes:>10}/{total_bytes:<10} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let bars = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let bar = self.multi.add(ProgressBar::new(l.size));
+                bar.set_style(style.clone());
+                let short = l.digest.split(':').nth(1).unwrap_or(&l.digest);
+                bar.set_prefix(format!("{i}:{}", &short[..short.len().min(7)]));
+                bar
+            })
+            .collect();
+        let _ = self.bars.set(bars);
+    }
+
+    fn layer_bytes(&self, layer: usize, compressed_bytes: u64) {
+        if let Some(b) = self.bar(layer) {
+            b.set_position(compressed_bytes);
+        }
+    }
+
+    fn layer_entries(&self, layer: usize, entries: u64) {
+        if let Some(b) = self.bar(layer) {
+            b.set_message(format!("{} entries", units::count(entries)));
+        }
+    }
+
+    fn layer_done(&self, layer: usize) {
+        if let Some(b) = self.bar(layer) {
+            b.finish();
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! `clip inspect FILE.clip`: a summary, `--json`, and `--ls [PATH]` listings.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clip_archive::{Archive, FileType, Ino, ROOT_INO};
+use serde_json::{json, Value};
+
+use crate::units;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .clip archive.
+    pub file: PathBuf,
+    /// Machine-readable output (see docs/CLI.md for the schema).
+    #[arg(long)]
+    pub json: bool,
+    /// List entries like `ls -l`: the directory at PATH (default `/`), or PATH itself.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "/")]
+    pub ls: Option<String>,
+    /// With --ls: list subdirectories recursively.
+    #[arg(long, short = 'R', requires = "ls")]
+    pub recursive: bool,
+}
+
+/// Reads an archive file (they are small: metadata only).
+pub fn load(path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let bytes = load(&args.file)?;
+    let archive = Archive::open(&bytes)
+        .with_context(|| format!("reading {}", crate::display_path(&args.file)))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match &args.ls {
+        Some(path) => list(&archive, path, args.recursive, args.json, &mut out)?,
+        None if args.json => {
+            serde_json::to_writer_pretty(&mut out, &summary_json(&archive, bytes.len())?)?;
+            writeln!(out)?;
+        }
+        None => summary_text(&archive, bytes.len(), &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counts {
+    entries: u64,
+    directories: u64,
+    regular: u64,
+    hardlinks: u64,
+    symlinks: u64,
+    char_devices: u64,
+    block_devices: u64,
+    fifos: u64,
+    content_bytes: u64,
+}
+
+fn count(archive: &Archive) -> Result<Counts> {
+    let mut c = Counts {
+        entries: 1,
+        directories: 1,
+        ..Counts::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![ROOT_INO];
+    while let Some(dir) = stack.pop() {
+        for child in archive.read_dir(dir)? {
+            let (_, ino) = child?;
+            let inode = archive.inode(ino)?;
+            c.entries += 1;
+            match inode.file_type() {
+                FileType::Directory => {
+                    c.directories += 1;
+                    stack.push(ino);
+                }
+                FileType::Regular => {
+                    if seen.insert(ino) {
+                        c.regular += 1;
+                        c.content_bytes += inode.size();
+                    } else {
+                        c.hardlinks += 1;
+                    }
+                }
+                FileType::Symlink => c.symlinks += 1,
+                FileType::CharDevice => c.char_devices += 1,
+                FileType::BlockDevice => c.block_devices += 1,
+                FileType::Fifo => c.fifos += 1,
+            }
+        }
+    }
+    Ok(c)
+}
+
+fn platform_string(p: &clip_archive::Platform) -> String {
+    match &p.variant {
+        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
+fn summary_json(archive: &Archive, file_len: usize) -> Result<Value> {
+    let meta = archive.meta();
+    let config: Value = serde_json::from_str(&meta.config).unwrap_or(Value::Null);
+    let c = count(archive)?;
+    let sizes = archive.section_sizes();
+    let mut checkpoints = 0u64;
+    let layers: Vec<Value> = archive
+        .layers()
+        .iter()
+        .map(|l| {
+            checkpoints += l.span_count;
+            json!({
+                "digest": l.digest,
+                "media_type": l.media_type,
+                "compression": l.compression,
+                "compressed_size": l.compressed_size,
+                "uncompressed_size": l.uncompressed_size,
+                "diff_id": l.diff_id,
+                "span_size": l.span_size,
+                "spans": l.span_count,
+            })
+        })
+        .collect();
+    let without_windows = (file_len as u64).saturating_sub(sizes.windows);
+    Ok(json!({
+        "format_version": clip_archive::FORMAT_VERSION,
+        "image": {
+            "reference": meta.reference,
+            "manifest_digest": meta.manifest_digest,
+            "manifest_media_type": meta.manifest_media_type,
+            "platform": platform_string(&meta.platform),
+            "config_digest": meta.config_digest,
+            "created": config.get("created").cloned().unwrap_or(Value::Null),
+            "config": config,
+        },
+        "layers": layers,
+        "entries": {
+            "total": c.entries,
+            "directories": c.directories,
+            "regular": c.regular,
+            "hardlinks": c.hardlinks,
+            "symlinks": c.symlinks,
+            "char_devices": c.char_devices,
+            "block_devices": c.block_devices,
+            "fifos": c.fifos,
+        },
+        "inodes": archive.inode_count(),
+        "content_bytes": c.content_bytes,
+        "index_bytes": file_len,
+        "window_bytes": sizes.windows,
+        "bytes_per_entry": without_windows as f64 / c.entries.max(1) as f64,
+        "checkpoints": checkpoints,
+    }))
+}
+
+fn summary_text(archive: &Archive, file_len: usize, out: &mut impl Write) -> Result<()> {
+    let v = summary_json(archive, file_len)?;
+    let meta = archive.meta();
+    writeln!(out, "image      {}", meta.reference)?;
+    writeln!(out, "digest     {}", meta.manifest_digest)?;
+    writeln!(out, "platform   {}", platform_string(&meta.platform))?;
+    if let Some(created) = v["image"]["created"].as_str() {
+        writeln!(out, "created    {created}")?;
+    }
+    writeln!(out, "layers     {}", archive.layers().len())?;
+    for (i, l) in archive.layers().iter().enumerate() {
+        writeln!(
+            out,
+            "  {i:>3}  {}  {:<5} {:>10} → {:>10}  {} spans",
+            l.digest,
+            format!("{:?}", l.compression).to_lowercase(),
+            units::bytes(l.compressed_size),
+            units::bytes(l.uncompressed_size),
+            l.span_count
+        )?;
+    }
+    let e = &v["entries"];
+    writeln!(
+        out,
+        "entries    {} ({} directories, {} files, {} hardlinks, {} symlinks, {} devices, {} fifos)",
+        units::count(e["total"].as_u64().unwrap_or(0)),
+        e["directories"],
+        e["regular"],
+        e["hardlinks"],
+        e["symlinks"],
+        e["char_devices"].as_u64().unwrap_or(0) + e["block_devices"].as_u64().unwrap_or(0),
+        e["fifos"],
+    )?;
+    writeln!(
+        out,
+        "content    {}",
+        units::bytes(v["content_bytes"].as_u64().unwrap_or(0))
+    )?;
+    writeln!(
+        out,
+        "index      {} ({} of seek windows; {:.1} bytes per entry without them)",
+        units::bytes(file_len as u64),
+        units::bytes(v["window_bytes"].as_u64().unwrap_or(0)),
+        v["bytes_per_entry"].as_f64().unwrap_or(0.0)
+    )?;
+    let span = archive.layers().first().map_or(0, |l| l.span_size);
+    writeln!(
+        out,
+        "spans      {} each, {} checkpoints",
+        units::bytes(span),
+        v["checkpoints"]
+    )?;
+    Ok(())
+}
+
+fn type_char(t: FileType) -> char {
+    match t {
+        FileType::Directory => 'd',
+        FileType::Regular => '-',
+        FileType::Symlink => 'l',
+        FileType::CharDevice => 'c',
+        FileType::BlockDevice => 'b',
+        FileType::Fifo => 'p',
+    }
+}
+
+fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::Directory => "dir",
+        FileType::Regular => "file",
+        FileType::Symlink => "symlink",
+        FileType::CharDevice => "char",
+        FileType::BlockDevice => "block",
+        FileType::Fifo => "fifo",
+    }
+}
+
+/// `rwsr-xr-t` from permission bits, like ls.
+fn mode_string(t: FileType, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(type_char(t));
+    for (shift, special, special_char) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let exec = bits & 1 != 0;
+        s.push(match (mode & special != 0, exec) {
+            (true, true) => special_char,
+            (true, false) => special_char.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+fn entry_json(archive: &Archive, path: &str, ino: Ino) -> Result<Value> {
+    let i = archive.inode(ino)?;
+    let mut v = json!({
+        "path": path,
+        "type": type_name(i.file_type()),
+        "mode": i.mode(),
+        "uid": i.uid(),
+        "gid": i.gid(),
+        "size": i.size(),
+        "mtime": i.mtime_sec(),
+        "mtime_nsec": i.mtime_nsec(),
+        "nlink": i.nlink(),
+        "ino": ino,
+    });
+    if i.file_type() == FileType::Symlink {
+        v["link_target"] = json!(String::from_utf8_lossy(archive.symlink_target(ino)?));
+    }
+    if matches!(i.file_type(), FileType::CharDevice | FileType::BlockDevice) {
+        v["rdev_major"] = json!(i.rdev_major());
+        v["rdev_minor"] = json!(i.rdev_minor());
+    }
+    if i.has_xattrs() {
+        let x: serde_json::Map<String, Value> = archive
+            .xattrs(ino)?
+            .into_iter()
+            .map(|(k, val)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    json!(hex::encode(val)),
+                )
+            })
+            .collect();
+        v["xattrs"] = Value::Object(x);
+    }
+    if let Some(d) = i.data() {
+        v["layer"] = json!(d.layer);
+        v["offset"] = json!(d.offset);
+    }
+    Ok(v)
+}
+
+fn entry_line(archive: &Archive, name: &str, ino: Ino) -> Result<String> {
+    let i = archive.inode(ino)?;
+    let size = match i.file_type() {
+        FileType::CharDevice | FileType::BlockDevice => {
+            format!("{}, {}", i.rdev_major(), i.rdev_minor())
+        }
+        _ => i.size().to_string(),
+    };
+    let mut line = format!(
+        "{} {:>3} {:>5} {:>5} {:>10} {} {}",
+        mode_string(i.file_type(), i.mode()),
+        i.nlink(),
+        i.uid(),
+        i.gid(),
+        size,
+        units::datetime(i.mtime_sec()),
+        name
+    );
+    if i.file_type() == FileType::Symlink {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(archive.symlink_target(ino)?));
+    }
+    Ok(line)
+}
+
+fn join(dir: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn list(
+    archive: &Archive,
+    path: &str,
+    recursive: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let ino = archive
+        .resolve(path)?
+        .with_context(|| format!("{path}: no such file or directory in the archive"))?;
+    let norm = {
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        format!("/{}", parts.join("/"))
+    };
+    let mut json_out = Vec::new();
+    if archive.inode(ino)?.file_type() != FileType::Directory {
+        if json {
+            json_out.push(entry_json(archive, &norm, ino)?);
+        } else {
+            writeln!(out, "{}", entry_line(archive, &norm, ino)?)?;
+        }
+    } else {
+        if json {
+            json_out.push(entry_json(archive, &norm, ino)?);
+        }
+        let mut queue = std::collections::VecDeque::from([(norm.clone(), ino)]);
+        let mut first = true;
+        while let Some((dir_path, dir)) = queue.pop_front() {
+            if !json && recursive {
+                if !first {
+                    writeln!(out)?;
+                }
+                writeln!(out, "{dir_path}:")?;
+            }
+            first = false;
+            for child in archive.read_dir(dir)? {
+                let (name, child_ino) = child?;
+                let child_path = join(&dir_path, name);
+                if json {
+                    json_out.push(entry_json(archive, &child_path, child_ino)?);
+                } else {
+                    writeln!(
+                        out,
+                        "{}",
+                        entry_line(archive, &String::from_utf8_lossy(name), child_ino)?
+                    )?;
+                }
+                if recursive && archive.inode(child_ino)?.file_type() == FileType::Directory {
+                    queue.push_back((child_path, child_ino));
+                }
+            }
+        }
+    }
+    if json {
+        serde_json::to_writer(&mut *out, &json_out)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_render_like_ls() {
+        assert_eq!(mode_string(FileType::Regular, 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(FileType::Directory, 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(FileType::Regular, 0o2644), "-rw-r-Sr--");
+        assert_eq!(mode_string(FileType::Symlink, 0o777), "lrwxrwxrwx");
+    }
+}

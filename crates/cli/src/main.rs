@@ -1,0 +1,65 @@
+//! The `clip` command: glue between the stages. Each subcommand parses its flags, calls the
+//! library crates and renders the result; no format, protocol or filesystem logic lives here.
+//! This is the only crate that uses `anyhow`.
+
+#![forbid(unsafe_code)]
+
+mod cmd_index;
+mod cmd_inspect;
+mod units;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// clip: start containers from OCI images without pulling them.
+#[derive(Parser, Debug)]
+#[command(name = "clip", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Index an image in a registry into a metadata-only .clip archive.
+    Index(cmd_index::Args),
+    /// Show what a .clip archive holds.
+    Inspect(cmd_inspect::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Index(args) => cmd_index::run(args),
+        Command::Inspect(args) => cmd_inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed pipe (`clip inspect --ls / | head`) is not a failure.
+            if err.chain().any(|e| {
+                e.downcast_ref::<io::Error>()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(io::stderr(), "error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where a path argument came from, for messages.
+fn display_path(p: &PathBuf) -> String {
+    p.display().to_string()
+}

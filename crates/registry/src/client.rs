@@ -1,0 +1,794 @@
+//! The blocking distribution client: options, shared connection pool, token cache, auth
+//! challenges, retries. What is fetched lives in `resolve` (manifests, configs) and `blob`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use ureq::http::{self, header};
+use ureq::ResponseExt as _;
+
+use crate::auth::{self, Challenge, CredEnv, Credentials};
+use crate::error::{error_from_response, summarize_body, ureq_to_io, Target};
+use crate::reference::api_host;
+use crate::retry::{parse_retry_after, Attempts, RetryPolicy};
+use crate::{Reference, RegistryError};
+
+/// Manifests and image configs larger than this are refused.
+pub(crate) const MAX_MANIFEST: u64 = 8 << 20;
+/// Token responses larger than this are refused.
+const MAX_TOKEN: u64 = 1 << 20;
+/// At most this much of an error body is read.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+/// Token lifetime when the token service does not say (the distribution spec's minimum).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Credentials for every registry; when `None` they are looked up per registry in
+    /// `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+    /// `$DOCKER_CONFIG/config.json` and `~/.docker/config.json` (and their credential helpers).
+    pub creds: Option<Credentials>,
+    /// Registries spoken to over plain HTTP (`host:port` or `host`); loopback always is.
+    pub insecure_registries: Vec<String>,
+    pub retry: RetryPolicy,
+    /// Time to establish a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Longest wait for any single read from the network; a stalled body fails and is retried.
+    pub read_timeout: Duration,
+    pub user_agent: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            creds: None,
+            insecure_registries: Vec::new(),
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            user_agent: concat!("clip/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// Request counters of a [`Client`] (shared by its clones).
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// HTTP requests sent (token requests and retries included; redirects followed count once).
+    pub requests: u64,
+    /// Response body bytes received.
+    pub bytes: u64,
+    /// Retries after transient failures.
+    pub retries: u64,
+}
+
+/// A blocking OCI distribution client. Cheap to clone; clones share one connection pool, the
+/// token cache and the [`Stats`].
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    agent: ureq::Agent,
+    opts: ClientOptions,
+    cred_env: CredEnv,
+    /// Credentials looked up per registry (when `opts.creds` is `None`).
+    creds: Mutex<HashMap<String, Option<Credentials>>>,
+    /// How each registry asked us to authenticate.
+    schemes: Mutex<HashMap<String, Scheme>>,
+    /// Bearer tokens per (registry, scope).
+    tokens: Mutex<HashMap<(String, String), Token>>,
+    stats: Stats,
+}
+
+#[derive(Debug, Clone)]
+enum Scheme {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+    Basic,
+}
+
+#[derive(Clone)]
+struct Token {
+    value: String,
+    expires: Instant,
+    /// Whose credentials got it (for error messages).
+    user: Option<String>,
+}
+
+/// What we send in `Authorization`.
+enum Auth {
+    None,
+    Basic {
+        header: String,
+        user: String,
+    },
+    Bearer {
+        header: String,
+        cached: bool,
+        user: Option<String>,
+    },
+}
+
+impl Auth {
+    fn header(&self) -> Option<&str> {
+        match self {
+            Auth::None => None,
+            Auth::Basic { header, .. } | Auth::Bearer { header, .. } => Some(header),
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match self {
+            Auth::None => None,
+            Auth::Basic { user, .. } => Some(user),
+            Auth::Bearer { user, .. } => user.as_deref(),
+        }
+    }
+}
+
+/// A failed attempt: the error, and how long the server asked us to wait.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: RegistryError,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Self {
+        Failure {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// One registry request.
+pub(crate) struct Req<'a> {
+    pub(crate) reference: &'a Reference,
+    pub(crate) url: String,
+    pub(crate) accept: Option<&'static str>,
+    pub(crate) range: Option<String>,
+    pub(crate) target: Target<'a>,
+}
+
+pub(crate) type Response = http::Response<ureq::Body>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client with its own connection pool.
+    pub fn new(opts: ClientOptions) -> Result<Client, RegistryError> {
+        Self::with_cred_env(opts, CredEnv::from_process())
+    }
+
+    pub(crate) fn with_cred_env(
+        mut opts: ClientOptions,
+        cred_env: CredEnv,
+    ) -> Result<Client, RegistryError> {
+        if !opts
+            .user_agent
+            .bytes()
+            .all(|b| b == b' ' || b.is_ascii_graphic())
+        {
+            return Err(RegistryError::InvalidOptions {
+                detail: format!("user agent {:?} must be printable ASCII", opts.user_agent),
+            });
+        }
+        opts.retry.max_attempts = opts.retry.max_attempts.max(1);
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(10)
+            // Keep Authorization only on same-host redirects: blob downloads are redirected to
+            // object storage that must not see registry tokens. Range is kept on redirects.
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+            .timeout_connect(Some(opts.connect_timeout))
+            .timeout_per_read(Some(opts.read_timeout))
+            .timeout_per_write(Some(opts.read_timeout))
+            .user_agent(opts.user_agent.as_str())
+            // Blobs must arrive byte for byte as stored (ranges are offsets into them).
+            .accept_encoding("identity")
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(16)
+            .build();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                agent: ureq::Agent::new_with_config(config),
+                opts,
+                cred_env,
+                creds: Mutex::default(),
+                schemes: Mutex::default(),
+                tokens: Mutex::default(),
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    /// The counters of this client and its clones.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    pub(crate) fn stats_ref(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.opts.retry
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Building blocks
+
+    /// `http` for loopback and insecure registries, else `https`.
+    fn scheme(&self, registry: &str) -> &'static str {
+        let host = host_of(registry);
+        if matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
+            return "http";
+        }
+        let insecure = self.inner.opts.insecure_registries.iter().any(|entry| {
+            let entry = entry.trim();
+            let entry = entry
+                .strip_prefix("http://")
+                .or_else(|| entry.strip_prefix("https://"))
+                .unwrap_or(entry);
+            let entry = entry.trim_end_matches('/');
+            entry == registry || entry == host || entry == api_host(registry)
+        });
+        if insecure {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    pub(crate) fn base_url(&self, reference: &Reference) -> String {
+        format!(
+            "{}://{}/v2/{}",
+            self.scheme(&reference.registry),
+            reference.api_host(),
+            reference.repository
+        )
+    }
+
+    pub(crate) fn blob_url(&self, reference: &Reference, digest: &str) -> String {
+        format!("{}/blobs/{digest}", self.base_url(reference))
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or the retry policy gives up.
+    pub(crate) fn with_retry<T>(
+        &self,
+        url: &str,
+        mut attempt: impl FnMut() -> Result<T, Failure>,
+    ) -> Result<T, RegistryError> {
+        let mut attempts = Attempts::new();
+        loop {
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(f) if f.error.is_transient() => {
+                    match attempts.failed(&self.inner.opts.retry, f.retry_after) {
+                        Some(delay) => {
+                            tracing::warn!(
+                                url,
+                                attempt = attempts.failures,
+                                error = %f.error,
+                                delay_ms = delay.as_millis() as u64,
+                                "transient registry error, retrying"
+                            );
+                            self.inner.stats.add_retry();
+                            std::thread::sleep(delay);
+                        }
+                        None => return Err(f.error),
+                    }
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
+    /// Sends one GET, no auth handling.
+    fn send(&self, url: &str, headers: &[(&str, &str)]) -> Result<Response, Failure> {
+        let mut request = self.inner.agent.get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(url, "GET");
+        request.call().map_err(|e| {
+            RegistryError::Transport {
+                url: url.to_string(),
+                source: ureq_to_io(e),
+            }
+            .into()
+        })
+    }
+
+    /// One request with authentication: anonymous or with what we know works, answering 401
+    /// challenges (bearer tokens, basic) and renewing an expired cached token once. Returns a
+    /// 2xx response; any other status becomes an error.
+    pub(crate) fn exchange(&self, req: &Req<'_>) -> Result<Response, Failure> {
+        let registry = req.reference.registry.as_str();
+        let scope = format!("repository:{}:pull", req.reference.repository);
+        let mut auth = self.preauth(registry, &scope)?;
+        let mut renewed = false;
+        loop {
+            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3);
+            if let Some(a) = req.accept {
+                headers.push(("Accept", a));
+            }
+            if let Some(r) = &req.range {
+                headers.push(("Range", r));
+            }
+            if let Some(h) = auth.header() {
+                headers.push(("Authorization", h));
+            }
+            let resp = self.send(&req.url, &headers)?;
+            let status = resp.status().as_u16();
+            if (200..300).contains(&status) {
+                return Ok(resp);
+            }
+            if status != 401 {
+                return Err(self.failure_from_response(&req.target, registry, resp));
+            }
+            let challenges = auth::parse_challenges(
+                resp.headers()
+                    .get_all(header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            );
+            let challenge = pick_challenge(&challenges);
+            let used = auth.user().map(str::to_string);
+            let refused = |client: &Client, resp: Response| -> Failure {
+                let url = resp.get_uri().to_string();
+                let body = client.read_error_body(resp);
+                client
+                    .unauthorized(registry, used.as_deref(), &url, &body)
+                    .into()
+            };
+            auth = match (&auth, challenge) {
+                (Auth::Bearer { cached: true, .. }, Some(c))
+                    if !renewed && c.scheme == "bearer" =>
+                {
+                    // Our cached token was refused (expired or revoked): get a fresh one, once.
+                    renewed = true;
+                    let key = (registry.to_string(), scope.clone());
+                    let mut tokens = lock(&self.inner.tokens);
+                    // Another thread may have renewed it already: drop only the one refused.
+                    if tokens
+                        .get(&key)
+                        .is_some_and(|t| auth.header() == Some(&*format!("Bearer {}", t.value)))
+                    {
+                        tokens.remove(&key);
+                    }
+                    drop(tokens);
+                    self.answer_bearer(registry, &scope, c, &req.url)?
+                }
+                (Auth::None, Some(c)) if c.scheme == "bearer" => {
+                    self.answer_bearer(registry, &scope, c, &req.url)?
+                }
+                (Auth::None, Some(c)) if c.scheme == "basic" => match self.creds_for(registry)? {
+                    Some(creds) => {
+                        lock(&self.inner.schemes).insert(registry.to_string(), Scheme::Basic);
+                        Auth::Basic {
+                            header: creds.basic_header(),
+                            user: creds.username,
+                        }
+                    }
+                    None => return Err(refused(self, resp)),
+                },
+                _ => return Err(refused(self, resp)),
+            };
+        }
+    }
+
+    /// The auth to send up front: a cached token, a token fetched because we know the
+    /// registry wants one, basic credentials, or nothing.
+    fn preauth(&self, registry: &str, scope: &str) -> Result<Auth, Failure> {
+        let key = (registry.to_string(), scope.to_string());
+        if let Some(token) = lock(&self.inner.tokens)
+            .get(&key)
+            .filter(|t| t.expires > Instant::now())
+        {
+            return Ok(Auth::Bearer {
+                header: format!("Bearer {}", token.value),
+                cached: true,
+                user: token.user.clone(),
+            });
+        }
+        let scheme = lock(&self.inner.schemes).get(registry).cloned();
+        match scheme {
+            None => Ok(Auth::None),
+            Some(Scheme::Basic) => Ok(match self.creds_for(registry)? {
+                Some(c) => Auth::Basic {
+                    header: c.basic_header(),
+                    user: c.username,
+                },
+                None => Auth::None,
+            }),
+            Some(Scheme::Bearer { realm, service }) => {
+                self.fetch_token(registry, scope, &realm, service.as_deref())
+            }
+        }
+    }
+
+    fn answer_bearer(
+        &self,
+        registry: &str,
+        scope: &str,
+        c: &Challenge,
+        url: &str,
+    ) -> Result<Auth, Failure> {
+        let realm = c.param("realm").unwrap_or_default().to_string();
+        if !(realm.starts_with("https://") || realm.starts_with("http://")) {
+            return Err(RegistryError::Protocol {
+                url: url.to_string(),
+                detail: format!("bearer challenge with an invalid realm {realm:?}"),
+            }
+            .into());
+        }
+        let service = c.param("service").map(str::to_string);
+        lock(&self.inner.schemes).insert(
+            registry.to_string(),
+            Scheme::Bearer {
+                realm: realm.clone(),
+                service: service.clone(),
+            },
+        );
+        self.fetch_token(registry, scope, &realm, service.as_deref())
+    }
+
+    /// Gets a bearer token from the token service and caches it.
+    fn fetch_token(
+        &self,
+        registry: &str,
+        scope: &str,
+        realm: &str,
+        service: Option<&str>,
+    ) -> Result<Auth, Failure> {
+        let creds = self.creds_for(registry)?;
+        let mut url = realm.to_string();
+        url.push(if url.contains('?') { '&' } else { '?' });
+        if let Some(s) = service {
+            url.push_str(&format!("service={}&", encode_query(s)));
+        }
+        url.push_str(&format!("scope={}", encode_query(scope)));
+
+        // Never send a password in clear text to a token service that an HTTPS registry named.
+        let plain_realm = realm.starts_with("http://");
+        let registry_plain = self.scheme(registry) == "http";
+        let creds = match creds {
+            Some(_) if plain_realm && !registry_plain => {
+                tracing::warn!(
+                    realm,
+                    registry,
+                    "token service is plain HTTP; not sending credentials to it"
+                );
+                None
+            }
+            c => c,
+        };
+        let basic = creds.as_ref().map(Credentials::basic_header);
+        let mut headers = vec![("Accept", "application/json")];
+        if let Some(b) = &basic {
+            headers.push(("Authorization", b.as_str()));
+        }
+        let user = creds.as_ref().map(|c| c.username.clone());
+        let resp = self.send(&url, &headers)?;
+        let status = resp.status().as_u16();
+        if status == 401 {
+            let body = self.read_error_body(resp);
+            return Err(self
+                .unauthorized(registry, user.as_deref(), &url, &body)
+                .into());
+        }
+        if !(200..300).contains(&status) {
+            return Err(self.failure_from_response(&Target::Token, registry, resp));
+        }
+        let body = self.read_capped(
+            resp,
+            MAX_TOKEN,
+            &format!("token response from {realm}"),
+            &url,
+        )?;
+
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let parsed: TokenResponse = parse_json(&url, "token response", &body)?;
+        let value = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| RegistryError::Protocol {
+                url: url.clone(),
+                detail: "token response has no token".into(),
+            })?;
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(RegistryError::Protocol {
+                url,
+                detail: "token contains invalid characters".into(),
+            }
+            .into());
+        }
+        let lifetime = parsed
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .max(DEFAULT_TOKEN_LIFETIME);
+        // Renew a little early so a token does not expire between our check and its use.
+        let margin = (lifetime / 10).min(Duration::from_secs(30));
+        let expires = Instant::now() + lifetime.min(Duration::from_secs(86_400 * 365)) - margin;
+        lock(&self.inner.tokens).insert(
+            (registry.to_string(), scope.to_string()),
+            Token {
+                value: value.clone(),
+                expires,
+                user: user.clone(),
+            },
+        );
+        Ok(Auth::Bearer {
+            header: format!("Bearer {value}"),
+            cached: false,
+            user,
+        })
+    }
+
+    /// Credentials for `registry`: the configured ones, or those found in auth files (looked up
+    /// once per registry).
+    fn creds_for(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
+        if let Some(c) = &self.inner.opts.creds {
+            return Ok(Some(c.clone()));
+        }
+        if let Some(found) = lock(&self.inner.creds).get(registry) {
+            return Ok(found.clone());
+        }
+        let found = auth::credentials_for(&self.inner.cred_env, registry)?;
+        lock(&self.inner.creds).insert(registry.to_string(), found.clone());
+        Ok(found)
+    }
+
+    fn unauthorized(
+        &self,
+        registry: &str,
+        user: Option<&str>,
+        url: &str,
+        body: &[u8],
+    ) -> RegistryError {
+        let server = match error_from_response(&Target::Token, registry, url, 401, body) {
+            RegistryError::Unauthorized { reason, .. } => reason,
+            _ => summarize_body(body),
+        };
+        let reason = match user {
+            Some(u) => format!("access refused for user {u:?} ({server})"),
+            None => format!(
+                "anonymous access refused ({server}); \
+                 the repository may not exist, or it is private"
+            ),
+        };
+        RegistryError::Unauthorized {
+            registry: registry.to_string(),
+            reason,
+        }
+    }
+
+    /// Reads at most [`MAX_ERROR_BODY`] of a response body, ignoring read errors.
+    fn read_error_body(&self, resp: Response) -> Vec<u8> {
+        let mut body = Vec::new();
+        let _ = resp
+            .into_body()
+            .into_reader()
+            .take(MAX_ERROR_BODY)
+            .read_to_end(&mut body);
+        self.inner.stats.add_bytes(body.len() as u64);
+        body
+    }
+
+    fn failure_from_response(
+        &self,
+        target: &Target<'_>,
+        registry: &str,
+        resp: Response,
+    ) -> Failure {
+        let status = resp.status().as_u16();
+        let url = resp.get_uri().to_string();
+        let retry_after = header_str(&resp, header::RETRY_AFTER)
+            .and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let body = self.read_error_body(resp);
+        Failure {
+            error: error_from_response(target, registry, &url, status, &body),
+            retry_after,
+        }
+    }
+
+    /// Reads a whole body of at most `limit` bytes.
+    pub(crate) fn read_capped(
+        &self,
+        resp: Response,
+        limit: u64,
+        what: &str,
+        url: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let too_large = || RegistryError::TooLarge {
+            what: what.to_string(),
+            limit,
+        };
+        if header_str(&resp, header::CONTENT_LENGTH)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > limit)
+        {
+            return Err(too_large().into());
+        }
+        let result = resp
+            .into_body()
+            .into_with_config()
+            .limit(limit)
+            .read_to_vec();
+        match result {
+            Ok(body) => {
+                self.inner.stats.add_bytes(body.len() as u64);
+                Ok(body)
+            }
+            Err(ureq::Error::BodyExceedsLimit(_)) => Err(too_large().into()),
+            Err(e) => Err(RegistryError::Transport {
+                url: url.to_string(),
+                source: ureq_to_io(e),
+            }
+            .into()),
+        }
+    }
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    what: &str,
+    body: &[u8],
+) -> Result<T, RegistryError> {
+    serde_json::from_slice(body).map_err(|e| RegistryError::Protocol {
+        url: url.to_string(),
+        detail: format!("invalid {what}: {e}"),
+    })
+}
+
+pub(crate) fn header_str(resp: &Response, name: impl header::AsHeaderName) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Bearer beats Basic; other schemes are of no use to us.
+fn pick_challenge(challenges: &[Challenge]) -> Option<&Challenge> {
+    challenges
+        .iter()
+        .find(|c| c.scheme == "bearer")
+        .or_else(|| challenges.iter().find(|c| c.scheme == "basic"))
+}
+
+/// `host` of `host:port`, `[v6]` of `[v6]:port`.
+fn host_of(registry: &str) -> &str {
+    if registry.starts_with('[') {
+        registry
+            .split_once(']')
+            .map_or(registry, |(h, _)| &registry[..h.len() + 1])
+    } else {
+        registry.split(':').next().unwrap_or(registry)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_schemes() {
+        assert_eq!(host_of("localhost:5000"), "localhost");
+        assert_eq!(host_of("[::1]:5000"), "[::1]");
+        assert_eq!(host_of("[::1]"), "[::1]");
+        assert_eq!(host_of("ghcr.io"), "ghcr.io");
+        let opts = ClientOptions {
+            insecure_registries: vec!["myreg:5000".into(), "http://other/".into()],
+            ..ClientOptions::default()
+        };
+        let c = Client::with_cred_env(opts, CredEnv::default()).expect("client");
+        let s = |r: &str| c.scheme(&r.parse::<Reference>().expect("ref").registry);
+        assert_eq!(s("localhost:5000/a"), "http");
+        assert_eq!(s("127.0.0.1:1/a"), "http");
+        assert_eq!(s("[::1]:5000/a"), "http");
+        assert_eq!(s("myreg:5000/a"), "http");
+        assert_eq!(s("myreg:6000/a"), "https");
+        assert_eq!(s("other:6000/a"), "http");
+        assert_eq!(s("alpine"), "https");
+        assert_eq!(
+            c.base_url(&"alpine".parse().expect("ref")),
+            "https://registry-1.docker.io/v2/library/alpine"
+        );
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let opts = ClientOptions {
+            user_agent: "bad\nagent".into(),
+            ..ClientOptions::default()
+        };
+        assert!(matches!(
+            Client::new(opts),
+            Err(RegistryError::InvalidOptions { .. })
+        ));
+    }
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(
+            encode_query("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
+        assert_eq!(encode_query("registry.docker.io"), "registry.docker.io");
+    }
+
+    #[test]
+    fn client_is_send_sync() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<Client>();
+    }
+}

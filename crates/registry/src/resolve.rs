@@ -1,0 +1,317 @@
+//! [`Client::resolve`]: reference + platform → manifest (chosen from an index), config and
+//! layer table, every piece digest-verified.
+
+use sha2::{Digest as _, Sha256, Sha512};
+use ureq::http::header;
+use ureq::ResponseExt as _;
+
+use crate::client::{header_str, parse_json, Req, MAX_MANIFEST};
+use crate::error::Target;
+use crate::manifest::{
+    self, ImageConfig, ImageIndex, ImageManifest, LayerDescriptor, ManifestKind,
+};
+use crate::reference::check_digest;
+use crate::{Client, Platform, Reference, RegistryError};
+
+/// Everything needed about one image for one platform.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference as requested (tag kept).
+    pub reference: Reference,
+    /// Digest of the selected image manifest.
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    /// Raw bytes of the selected image manifest.
+    pub manifest: Vec<u8>,
+    /// Platform of the selected manifest (from the index entry, or from the config).
+    pub platform: Platform,
+    pub config_digest: String,
+    /// Raw bytes of the image config (digest verified).
+    pub config: Vec<u8>,
+    pub layers: Vec<LayerDescriptor>,
+}
+
+impl Client {
+    /// Resolves `reference` for `platform`: the image manifest (chosen from an index if need
+    /// be), the image config and the layer table, all digest-verified.
+    pub fn resolve(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RegistryError> {
+        let name = reference.to_string();
+        let top = self.get_manifest(reference, reference.manifest_ref())?;
+        if let Some(expected) = &reference.digest {
+            verify_digest(&format!("manifest of {name}"), expected, &top.body)?;
+        } else if let Some(header) = top.header_digest.as_deref() {
+            let found = sha256_digest(&top.body);
+            if header.starts_with("sha256:") && header != found {
+                tracing::warn!(reference = %name, header, computed = %found,
+                    "Docker-Content-Digest does not match the manifest received");
+            }
+        }
+        let (media_type, kind) =
+            manifest::classify_manifest(&name, &top.url, &top.body, top.content_type.as_deref())?;
+
+        let (manifest_digest, manifest_media_type, manifest_bytes, url, index_platform) = match kind
+        {
+            ManifestKind::Image => {
+                let digest = reference
+                    .digest
+                    .clone()
+                    .unwrap_or_else(|| sha256_digest(&top.body));
+                (digest, media_type, top.body, top.url, None)
+            }
+            ManifestKind::Index => {
+                let index: ImageIndex = parse_json(&top.url, "image index", &top.body)?;
+                let (desc, selected) = select_platform(&name, &index, platform)?;
+                check_digest(&desc.digest).map_err(|reason| RegistryError::Protocol {
+                    url: top.url.clone(),
+                    detail: format!("index entry digest {:?} {reason}", desc.digest),
+                })?;
+                if desc.size > MAX_MANIFEST {
+                    return Err(RegistryError::TooLarge {
+                        what: format!("manifest {} of {name}", desc.digest),
+                        limit: MAX_MANIFEST,
+                    });
+                }
+                let child = self.get_manifest(reference, &desc.digest)?;
+                let what = format!("manifest {} of {name}", desc.digest);
+                verify_digest(&what, &desc.digest, &child.body)?;
+                check_size(&what, desc.size, child.body.len() as u64)?;
+                let content_type = child
+                    .content_type
+                    .clone()
+                    .or_else(|| Some(desc.media_type.clone()));
+                let (child_type, child_kind) = manifest::classify_manifest(
+                    &name,
+                    &child.url,
+                    &child.body,
+                    content_type.as_deref(),
+                )?;
+                if child_kind != ManifestKind::Image {
+                    return Err(RegistryError::UnsupportedMediaType {
+                        reference: name,
+                        media_type: child_type,
+                        hint: "an image index inside an image index is not supported".into(),
+                    });
+                }
+                (
+                    desc.digest.clone(),
+                    child_type,
+                    child.body,
+                    child.url,
+                    Some(selected),
+                )
+            }
+        };
+
+        let image: ImageManifest = parse_json(&url, "image manifest", &manifest_bytes)?;
+        manifest::check_config_media_type(&name, &image.config.media_type)?;
+        let config_digest = image.config.digest.clone();
+        check_digest(&config_digest).map_err(|reason| RegistryError::Protocol {
+            url: url.clone(),
+            detail: format!("config digest {config_digest:?} {reason}"),
+        })?;
+        let what = format!("config {config_digest} of {name}");
+        if image.config.size > MAX_MANIFEST {
+            return Err(RegistryError::TooLarge {
+                what,
+                limit: MAX_MANIFEST,
+            });
+        }
+        let config = self.get_small_blob(reference, &config_digest, &what)?;
+        check_size(&what, image.config.size, config.len() as u64)?;
+        verify_digest(&what, &config_digest, &config)?;
+        let config_url = self.blob_url(reference, &config_digest);
+        let parsed: ImageConfig = parse_json(&config_url, "image config", &config)?;
+
+        let config_platform = Platform {
+            os: parsed.os.clone(),
+            architecture: parsed.architecture.clone(),
+            variant: parsed.variant.clone().filter(|v| !v.is_empty()),
+        };
+        let platform = match index_platform {
+            Some(p) => p,
+            None => {
+                if !platform.matches(&config_platform) {
+                    tracing::warn!(reference = %name, wanted = %platform, image = %config_platform,
+                        "the image is single-platform and does not match the requested platform");
+                }
+                config_platform
+            }
+        };
+
+        if parsed.rootfs.diff_ids.len() != image.layers.len() {
+            return Err(RegistryError::Protocol {
+                url: config_url,
+                detail: format!(
+                    "the config lists {} diff_ids but the manifest has {} layers",
+                    parsed.rootfs.diff_ids.len(),
+                    image.layers.len()
+                ),
+            });
+        }
+        let mut layers = Vec::with_capacity(image.layers.len());
+        for (layer, diff_id) in image.layers.iter().zip(&parsed.rootfs.diff_ids) {
+            check_digest(&layer.digest).map_err(|reason| RegistryError::Protocol {
+                url: url.clone(),
+                detail: format!("layer digest {:?} {reason}", layer.digest),
+            })?;
+            check_digest(diff_id).map_err(|reason| RegistryError::Protocol {
+                url: config_url.clone(),
+                detail: format!("diff_id {diff_id:?} {reason}"),
+            })?;
+            let compression = manifest::layer_compression(&name, layer)?;
+            layers.push(LayerDescriptor {
+                digest: layer.digest.clone(),
+                media_type: layer.media_type.clone(),
+                size: layer.size,
+                compression,
+                diff_id: diff_id.clone(),
+            });
+        }
+
+        Ok(ResolvedImage {
+            reference: reference.clone(),
+            manifest_digest,
+            manifest_media_type,
+            manifest: manifest_bytes,
+            platform,
+            config_digest,
+            config,
+            layers,
+        })
+    }
+
+    fn get_manifest(
+        &self,
+        reference: &Reference,
+        tag_or_digest: &str,
+    ) -> Result<Fetched, RegistryError> {
+        let url = format!("{}/manifests/{tag_or_digest}", self.base_url(reference));
+        let name = if tag_or_digest == reference.manifest_ref() {
+            reference.to_string()
+        } else {
+            reference.with_digest(tag_or_digest).to_string()
+        };
+        self.with_retry(&url, || {
+            let req = Req {
+                reference,
+                url: url.clone(),
+                accept: Some(manifest::MANIFEST_ACCEPT),
+                range: None,
+                target: Target::Manifest {
+                    reference: name.clone(),
+                },
+            };
+            let resp = self.exchange(&req)?;
+            let content_type = header_str(&resp, header::CONTENT_TYPE);
+            let header_digest = header_str(&resp, "docker-content-digest");
+            let final_url = resp.get_uri().to_string();
+            let body = self.read_capped(
+                resp,
+                MAX_MANIFEST,
+                &format!("manifest of {name}"),
+                &final_url,
+            )?;
+            Ok(Fetched {
+                body,
+                content_type,
+                header_digest,
+                url: final_url,
+            })
+        })
+    }
+
+    fn get_small_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let url = self.blob_url(reference, digest);
+        self.with_retry(&url, || {
+            let req = Req {
+                reference,
+                url: url.clone(),
+                accept: None,
+                range: None,
+                target: Target::Blob {
+                    reference: reference.to_string(),
+                    digest,
+                },
+            };
+            let resp = self.exchange(&req)?;
+            let final_url = resp.get_uri().to_string();
+            self.read_capped(resp, MAX_MANIFEST, what, &final_url)
+        })
+    }
+}
+
+/// A manifest response.
+struct Fetched {
+    body: Vec<u8>,
+    content_type: Option<String>,
+    header_digest: Option<String>,
+    url: String,
+}
+
+fn select_platform<'a>(
+    name: &str,
+    index: &'a ImageIndex,
+    wanted: &Platform,
+) -> Result<(&'a manifest::Descriptor, Platform), RegistryError> {
+    let candidates: Vec<(&manifest::Descriptor, Platform)> = index
+        .manifests
+        .iter()
+        .filter_map(|d| Some((d, d.platform.as_ref()?.to_platform())))
+        .filter(|(_, p)| p.os != "unknown" && p.architecture != "unknown")
+        .collect();
+    match wanted.select(candidates.iter().map(|(_, p)| p)) {
+        Some(i) => Ok(candidates[i].clone()),
+        None => {
+            let mut available: Vec<String> =
+                candidates.iter().map(|(_, p)| p.to_string()).collect();
+            available.sort();
+            available.dedup();
+            Err(RegistryError::NoMatchingPlatform {
+                reference: name.to_string(),
+                wanted: wanted.to_string(),
+                available,
+            })
+        }
+    }
+}
+
+pub(crate) fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Checks `data` against `expected` (`sha256:` or `sha512:`).
+fn verify_digest(what: &str, expected: &str, data: &[u8]) -> Result<(), RegistryError> {
+    let found = if expected.starts_with("sha512:") {
+        format!("sha512:{}", hex::encode(Sha512::digest(data)))
+    } else {
+        sha256_digest(data)
+    };
+    if found != expected {
+        return Err(RegistryError::DigestMismatch {
+            what: what.to_string(),
+            expected: expected.to_string(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+fn check_size(what: &str, expected: u64, found: u64) -> Result<(), RegistryError> {
+    if expected != found {
+        return Err(RegistryError::SizeMismatch {
+            what: what.to_string(),
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
