@@ -9,7 +9,7 @@
 # SPEC targets: ratio ≤ 1.0 (aim 0.6 on two cores), ≤ 64 bytes per entry without windows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/common.sh
+. scripts/lib.sh
 
 cargo build --release -q -p clip-cli
 CLIP=$PWD/target/release/clip

@@ -13,7 +13,7 @@ pub(crate) const HEADER_LEN: usize = 64;
 /// The checksum covers `bytes[CHECKSUM_START..file_len]`.
 pub(crate) const CHECKSUM_START: usize = 32;
 /// Number of sections in a version 1 file.
-pub(crate) const SECTION_COUNT: usize = 9;
+pub(crate) const SECTION_COUNT: usize = 10;
 /// Byte offset of the first section (header + section table).
 pub(crate) const SECTIONS_START: usize = HEADER_LEN + SECTION_COUNT * SECTION_ENTRY_LEN;
 /// Size of [`RawSection`].
@@ -22,18 +22,20 @@ pub(crate) const SECTION_ENTRY_LEN: usize = 24;
 /// Section kinds; section `i` of the table has kind `i + 1`.
 pub(crate) const KIND_META: u32 = 1;
 pub(crate) const KIND_ATTRS: u32 = 2;
-pub(crate) const KIND_INODES: u32 = 3;
-pub(crate) const KIND_DIRENTS: u32 = 4;
-pub(crate) const KIND_STRINGS: u32 = 5;
-pub(crate) const KIND_XATTR_INDEX: u32 = 6;
-pub(crate) const KIND_XATTRS: u32 = 7;
-pub(crate) const KIND_SPANS: u32 = 8;
-pub(crate) const KIND_WINDOWS: u32 = 9;
+pub(crate) const KIND_MTIMES: u32 = 3;
+pub(crate) const KIND_INODES: u32 = 4;
+pub(crate) const KIND_DIRENTS: u32 = 5;
+pub(crate) const KIND_STRINGS: u32 = 6;
+pub(crate) const KIND_XATTR_INDEX: u32 = 7;
+pub(crate) const KIND_XATTRS: u32 = 8;
+pub(crate) const KIND_SPANS: u32 = 9;
+pub(crate) const KIND_WINDOWS: u32 = 10;
 
 /// Section names, for error messages, indexed by `kind - 1`.
 pub(crate) const SECTION_NAMES: [&str; SECTION_COUNT] = [
     "meta",
     "attrs",
+    "mtimes",
     "inodes",
     "dirents",
     "strings",
@@ -54,12 +56,13 @@ pub(crate) const S_IFLNK: u32 = 0o120_000;
 /// Permission bits including setuid, setgid and sticky.
 pub(crate) const PERM_MASK: u32 = 0o7777;
 
-/// [`RawInode::nsec`]: bit 31 says the inode has extended attributes.
-pub(crate) const NSEC_HAS_XATTRS: u32 = 1 << 31;
-/// [`RawInode::nsec`]: the nanoseconds.
-pub(crate) const NSEC_MASK: u32 = (1 << 30) - 1;
-/// [`RawInode::nsec`]: bit 30, reserved, must be 0.
-pub(crate) const NSEC_RESERVED: u32 = 1 << 30;
+/// [`RawInode::attr`]: bit 31 says the inode has extended attributes.
+pub(crate) const ATTR_HAS_XATTRS: u32 = 1 << 31;
+/// [`RawInode::attr`]: bits 0..=30, the index into ATTRS (so ATTRS has at most 2^31 records).
+pub(crate) const ATTR_INDEX_MASK: u32 = ATTR_HAS_XATTRS - 1;
+
+/// Nanoseconds of an mtime are below this.
+pub(crate) const NSEC_PER_SEC: u32 = 1_000_000_000;
 
 /// Regular files: the payload holds `offset | layer << 48`.
 pub(crate) const DATA_OFFSET_BITS: u32 = 48;
@@ -112,18 +115,28 @@ pub(crate) struct RawAttr {
     pub gid: U32,
 }
 
-/// INODES: one per inode, record `ino - 1`. 36 bytes.
+/// MTIMES: one unique modification time; the table is strictly increasing by (sec, nsec).
+/// 12 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct RawMtime {
+    /// Seconds since the epoch.
+    pub sec: I64,
+    /// Nanoseconds, below [`NSEC_PER_SEC`].
+    pub nsec: U32,
+}
+
+/// INODES: one per inode, record `ino - 1`. 28 bytes.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub(crate) struct RawInode {
-    /// Index into ATTRS.
+    /// Bits 0..=30 index into ATTRS, bit 31 has-xattrs ([`ATTR_HAS_XATTRS`]).
     pub attr: U32,
     pub nlink: U32,
     /// Regular: content length; symlink: target length; directory: parent ino; others 0.
     pub size: U64,
-    pub mtime_sec: I64,
-    /// Bits 0..30 nanoseconds, bit 30 reserved (0), bit 31 has-xattrs.
-    pub nsec: U32,
+    /// Index into MTIMES.
+    pub mtime: U32,
     /// Meaning depends on the type, see `docs/FORMAT.md`.
     pub payload: U64,
 }
@@ -182,7 +195,8 @@ const _: () = {
     assert!(core::mem::size_of::<RawHeader>() == HEADER_LEN);
     assert!(core::mem::size_of::<RawSection>() == SECTION_ENTRY_LEN);
     assert!(core::mem::size_of::<RawAttr>() == 12);
-    assert!(core::mem::size_of::<RawInode>() == 36);
+    assert!(core::mem::size_of::<RawMtime>() == 12);
+    assert!(core::mem::size_of::<RawInode>() == 28);
     assert!(core::mem::size_of::<RawDirent>() == 10);
     assert!(core::mem::size_of::<RawXattrIndex>() == 12);
     assert!(core::mem::size_of::<RawXattr>() == 16);

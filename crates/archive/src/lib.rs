@@ -18,13 +18,14 @@
 //! - Input of the writer: [`ImageMeta`], [`Layer`] (with its [`Span`]s), and a [`Tree`] of
 //!   [`Inode`]s with caller-chosen ids.
 //! - [`write_archive`] validates, renumbers inodes breadth-first ([`ROOT_INO`] = 1), computes link
-//!   counts, deduplicates strings and attributes, compresses windows, and returns the bytes —
-//!   the same input always gives the same bytes.
-//! - [`Archive::open`] checks magic, version, length, checksum and the section table and parses
-//!   the metadata; nothing else is decoded up front. Then [`Archive::inode`] ([`InodeRef`]),
-//!   [`Archive::lookup`] and [`Archive::read_dir`] (binary search / slices of one directory's
-//!   sorted entries), [`Archive::spans`] ([`SpanTable`], [`SpanInfo`]) and [`Archive::window`]
-//!   read what they need, range-checking every id and offset taken from the file.
+//!   counts, deduplicates strings, attributes and mtimes, compresses windows, and returns the
+//!   bytes — the same input always gives the same bytes.
+//! - [`Archive::open`] checks magic, version, length, checksum and the section table, parses
+//!   the metadata and checks the table of distinct mtimes; nothing else is decoded up front.
+//!   Then [`Archive::inode`] ([`InodeRef`]), [`Archive::lookup`] and [`Archive::read_dir`]
+//!   (binary search / slices of one directory's sorted entries), [`Archive::spans`]
+//!   ([`SpanTable`], [`SpanInfo`]) and [`Archive::window`] read what they need, range-checking
+//!   every id and offset taken from the file.
 //! - Every failure is an [`ArchiveError`]; no input bytes can make the reader panic (fuzzed:
 //!   `fuzz/fuzz_targets/read_archive.rs`).
 //!

@@ -35,6 +35,7 @@ pub struct Archive<'a> {
     meta: ImageMeta,
     layers: Vec<LayerInfo>,
     attrs: &'a [RawAttr],
+    mtimes: &'a [RawMtime],
     inodes: &'a [RawInode],
     dirents: &'a [RawDirent],
     strings: &'a [u8],
@@ -68,6 +69,8 @@ pub struct SectionSizes {
     pub meta: u64,
     /// Unique (mode, uid, gid) records.
     pub attrs: u64,
+    /// Unique modification time records.
+    pub mtimes: u64,
     /// Inode records.
     pub inodes: u64,
     /// Directory entry records.
@@ -89,6 +92,7 @@ pub struct SectionSizes {
 pub struct InodeRef<'a> {
     ino: Ino,
     raw: &'a RawInode,
+    mtime: &'a RawMtime,
     file_type: FileType,
     perm: u32,
     uid: u32,
@@ -125,11 +129,11 @@ impl InodeRef<'_> {
     }
     /// Modification time, seconds since the epoch.
     pub fn mtime_sec(&self) -> i64 {
-        self.raw.mtime_sec.get()
+        self.mtime.sec.get()
     }
     /// Nanoseconds of the modification time (< 1e9).
     pub fn mtime_nsec(&self) -> u32 {
-        self.raw.nsec.get() & NSEC_MASK
+        self.mtime.nsec.get()
     }
     /// Link count: names of a non-directory; 2 + subdirectories of a directory.
     pub fn nlink(&self) -> u32 {
@@ -164,7 +168,7 @@ impl InodeRef<'_> {
     }
     /// Whether the inode has extended attributes.
     pub fn has_xattrs(&self) -> bool {
-        self.raw.nsec.get() & NSEC_HAS_XATTRS != 0
+        self.raw.attr.get() & ATTR_HAS_XATTRS != 0
     }
     /// Directories: the number of entries (not counting `.` and `..`), as recorded; 0 for other
     /// types. [`Archive::read_dir`] checks it against the file.
@@ -334,7 +338,8 @@ impl<'a> Iterator for DirEntries<'a> {
 
 impl<'a> Archive<'a> {
     /// Opens an index: checks the magic, the version, the length, the checksum and the section
-    /// table, and parses the metadata. Entries are not decoded.
+    /// table, parses the metadata and checks the (small) table of distinct mtimes. Entries are
+    /// not decoded.
     pub fn open(bytes: &'a [u8]) -> Result<Self, ArchiveError> {
         let len = bytes.len() as u64;
         let head = bytes.get(..MAGIC.len()).unwrap_or(bytes);
@@ -452,7 +457,8 @@ impl<'a> Archive<'a> {
                 format!("sections end at {expected}, but the file has {file_len} bytes"),
             ));
         }
-        let [meta, attrs, inodes, dirents, strings, xattr_index, xattrs, spans, windows] = sections;
+        let [meta, attrs, mtimes, inodes, dirents, strings, xattr_index, xattrs, spans, windows] =
+            sections;
 
         let doc: MetaDoc = serde_json::from_slice(meta)
             .map_err(|e| corrupt("meta", format!("invalid JSON: {e}")))?;
@@ -485,11 +491,15 @@ impl<'a> Archive<'a> {
             ));
         }
 
+        let mtime_records: &[RawMtime] = records(mtimes, "mtimes")?;
+        check_mtimes(mtime_records)?;
+
         let archive = Archive {
             bytes,
             meta: doc.image,
             layers: doc.layers,
             attrs: records(attrs, "attrs")?,
+            mtimes: mtime_records,
             inodes: records(inodes, "inodes")?,
             dirents: records(dirents, "dirents")?,
             strings,
@@ -502,6 +512,7 @@ impl<'a> Archive<'a> {
                 header: SECTIONS_START as u64,
                 meta: meta.len() as u64,
                 attrs: attrs.len() as u64,
+                mtimes: mtimes.len() as u64,
                 inodes: inodes.len() as u64,
                 dirents: dirents.len() as u64,
                 strings: strings.len() as u64,
@@ -611,7 +622,7 @@ impl<'a> Archive<'a> {
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.inodes.get(i))
             .ok_or(ArchiveError::NoSuchInode(ino))?;
-        let attr_idx = raw.attr.get();
+        let attr_idx = raw.attr.get() & ATTR_INDEX_MASK;
         let attr = usize::try_from(attr_idx)
             .ok()
             .and_then(|i| self.attrs.get(i))
@@ -645,13 +656,20 @@ impl<'a> Archive<'a> {
                 format!("record {attr_idx}: mode {mode:#o}"),
             ));
         }
-        let nsec = raw.nsec.get();
-        if nsec & NSEC_RESERVED != 0 || nsec & NSEC_MASK >= 1_000_000_000 {
-            return Err(corrupt(
-                "inodes",
-                format!("inode {ino}: bad nanoseconds field {nsec:#x}"),
-            ));
-        }
+        // The values were checked at open (`check_mtimes`); only the index is checked here.
+        let mtime_idx = raw.mtime.get();
+        let mtime = usize::try_from(mtime_idx)
+            .ok()
+            .and_then(|i| self.mtimes.get(i))
+            .ok_or_else(|| {
+                corrupt(
+                    "inodes",
+                    format!(
+                        "inode {ino} refers to mtime record {mtime_idx} of {}",
+                        self.mtimes.len()
+                    ),
+                )
+            })?;
         if file_type == FileType::Regular {
             let (layer, offset) = split_data(raw.payload.get());
             if u64::from(layer) != NO_DATA_LAYER {
@@ -681,6 +699,7 @@ impl<'a> Archive<'a> {
         Ok(InodeRef {
             ino,
             raw,
+            mtime,
             file_type,
             perm: mode & PERM_MASK,
             uid: attr.uid.get(),
@@ -1063,6 +1082,29 @@ where
             ),
         )
     })
+}
+
+/// MTIMES: nanoseconds below 1e9, strictly increasing by (seconds, nanoseconds). Checked once
+/// at open: one pass over a small table (few distinct times), cheaper than the checksum.
+fn check_mtimes(table: &[RawMtime]) -> Result<(), ArchiveError> {
+    let mut prev: Option<(i64, u32)> = None;
+    for (i, rec) in table.iter().enumerate() {
+        let cur = (rec.sec.get(), rec.nsec.get());
+        if cur.1 >= NSEC_PER_SEC {
+            return Err(corrupt(
+                "mtimes",
+                format!("record {i}: {} nanoseconds (not below 1e9)", cur.1),
+            ));
+        }
+        if prev.is_some_and(|p| p >= cur) {
+            return Err(corrupt(
+                "mtimes",
+                format!("record {i}: the table is not strictly increasing"),
+            ));
+        }
+        prev = Some(cur);
+    }
+    Ok(())
 }
 
 fn dirent_name<'a>(strings: &'a [u8], d: &RawDirent) -> Result<&'a [u8], ArchiveError> {

@@ -22,6 +22,7 @@ const WINDOW_ZSTD_LEVEL: i32 = 3;
 /// directory in name order, a hardlinked inode at its first encounter. Inodes not reachable from
 /// the root are dropped. Link counts are computed: for a non-directory the number of names it
 /// has, for a directory 2 + its number of subdirectories.
+/// Strings, (mode, uid, gid) triples and modification times are stored once each.
 ///
 /// # Errors
 ///
@@ -36,7 +37,8 @@ const WINDOW_ZSTD_LEVEL: i32 = 3;
 /// - `data` only on regular files, and required when `size > 0`; its layer exists and
 ///   `offset + size` lies within the layer's uncompressed size (`offset < 2^48`);
 /// - xattr names are non-empty, contain no NUL, and are unique per inode;
-/// - the totals fit the format (fewer than 2^32 inodes, entries and string bytes).
+/// - the totals fit the format (fewer than 2^32 inodes, entries and string bytes, at most 2^31
+///   distinct (mode, uid, gid) triples).
 ///
 /// [`ArchiveError::InvalidLayer`] when a layer breaks a rule: fewer than 65535 layers; spans
 /// strictly increasing by `uncompressed_offset`, each starting at or before `uncompressed_size`;
@@ -73,6 +75,16 @@ pub fn write_archive(
     }
     to_u32(dirents.len(), "directory entries")?;
 
+    // MTIMES: the distinct (seconds, nanoseconds) of the reachable inodes, ascending, so that
+    // the table depends only on the set of times. Inodes refer to it by index.
+    let mut mtimes: Vec<(i64, u32)> = plan
+        .order
+        .iter()
+        .map(|&idx| (tree.inodes[idx].mtime_sec, tree.inodes[idx].mtime_nsec))
+        .collect();
+    mtimes.sort_unstable();
+    mtimes.dedup();
+
     // INODES, XATTR INDEX, XATTRS.
     let mut inodes: Vec<RawInode> = Vec::with_capacity(plan.order.len());
     let mut xattr_index: Vec<RawXattrIndex> = Vec::new();
@@ -90,7 +102,13 @@ pub fn write_archive(
             FileType::BlockDevice => S_IFBLK,
             FileType::Fifo => S_IFIFO,
         };
-        let attr = attrs.intern(type_bits | inode.mode, inode.uid, inode.gid)?;
+        let mut attr = attrs.intern(type_bits | inode.mode, inode.uid, inode.gid)?;
+        // Present: the table holds the times of all inodes in `plan.order`; fewer than 2^32 of
+        // them (checked by the plan).
+        let mtime = mtimes
+            .binary_search(&(inode.mtime_sec, inode.mtime_nsec))
+            .map_err(|_| invalid(format!("{}: mtime not in the table", plan.path(ino))))?;
+        let mtime = to_u32(mtime, "distinct mtimes")?;
 
         let (size, payload) = match inode.file_type {
             FileType::Directory => {
@@ -118,9 +136,8 @@ pub fn write_archive(
             FileType::Fifo => (0, 0),
         };
 
-        let mut nsec = inode.mtime_nsec;
         if !inode.xattrs.is_empty() {
-            nsec |= NSEC_HAS_XATTRS;
+            attr |= ATTR_HAS_XATTRS;
             let mut sorted: Vec<(&[u8], &[u8])> = inode
                 .xattrs
                 .iter()
@@ -154,8 +171,7 @@ pub fn write_archive(
             attr: U32::new(attr),
             nlink: U32::new(plan.nlink[k]),
             size: U64::new(size),
-            mtime_sec: I64::new(inode.mtime_sec),
-            nsec: U32::new(nsec),
+            mtime: U32::new(mtime),
             payload: U64::new(payload),
         });
     }
@@ -205,6 +221,14 @@ pub fn write_archive(
         }
     }
 
+    let mtime_records: Vec<RawMtime> = mtimes
+        .iter()
+        .map(|&(sec, nsec)| RawMtime {
+            sec: I64::new(sec),
+            nsec: U32::new(nsec),
+        })
+        .collect();
+
     let meta_json = serde_json::to_vec(&MetaDocRef {
         image: meta,
         layers: &infos,
@@ -214,6 +238,7 @@ pub fn write_archive(
     let sections: [(u32, &[u8]); SECTION_COUNT] = [
         (KIND_META, &meta_json),
         (KIND_ATTRS, attrs.records.as_bytes()),
+        (KIND_MTIMES, mtime_records.as_bytes()),
         (KIND_INODES, inodes.as_bytes()),
         (KIND_DIRENTS, dirents.as_bytes()),
         (KIND_STRINGS, &strings.bytes),
@@ -329,7 +354,7 @@ fn check_inode(inode: &Inode, layers: &[Layer]) -> Result<(), String> {
             inode.mode
         ));
     }
-    if inode.mtime_nsec >= 1_000_000_000 {
+    if inode.mtime_nsec >= NSEC_PER_SEC {
         return Err(format!("mtime_nsec {} is not below 1e9", inode.mtime_nsec));
     }
     let ty = inode.file_type;
@@ -593,7 +618,8 @@ impl<'t> StringTable<'t> {
     }
 }
 
-/// ATTRS with deduplication, in first-use order.
+/// ATTRS with deduplication, in first-use order. At most 2^31 records: bit 31 of an inode's
+/// `attr` field is the has-xattrs flag.
 #[derive(Default)]
 struct AttrTable {
     records: Vec<RawAttr>,
@@ -606,6 +632,12 @@ impl AttrTable {
             return Ok(i);
         }
         let i = to_u32(self.records.len(), "attribute records")?;
+        if i > ATTR_INDEX_MASK {
+            return Err(invalid(format!(
+                "too many distinct (mode, uid, gid) records for the format ({})",
+                self.records.len() + 1
+            )));
+        }
         self.records.push(RawAttr {
             mode: U32::new(mode),
             uid: U32::new(uid),

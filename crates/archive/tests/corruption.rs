@@ -229,3 +229,121 @@ fn trailing_bytes_and_bad_header_fields_are_errors() {
         "{err}"
     );
 }
+
+/// (offset, length) of the section of kind `kind`, from the section table.
+fn section(b: &[u8], kind: usize) -> (usize, usize) {
+    let e = 64 + (kind - 1) * 24;
+    let at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+    (at(e + 8), at(e + 16))
+}
+
+const MTIMES: usize = 3;
+const INODES: usize = 4;
+
+fn corrupt_section(err: ArchiveError) -> &'static str {
+    match err {
+        ArchiveError::Corrupt { section, .. } => section,
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[test]
+fn the_mtime_table_is_checked_at_open() {
+    let bytes = medium();
+    let (off, len) = section(&bytes, MTIMES);
+    assert_eq!(len, 3 * 12, "three distinct mtimes in the full tree");
+    assert!(Archive::open(&bytes).is_ok());
+
+    // Out of order: swap the first two records.
+    let mut swapped = bytes.clone();
+    swapped[off..off + 24].rotate_left(12);
+    reseal(&mut swapped);
+    assert_eq!(
+        corrupt_section(Archive::open(&swapped).unwrap_err()),
+        "mtimes"
+    );
+
+    // A duplicate: record 1 = record 0.
+    let mut dup = bytes.clone();
+    dup.copy_within(off..off + 12, off + 12);
+    reseal(&mut dup);
+    assert_eq!(corrupt_section(Archive::open(&dup).unwrap_err()), "mtimes");
+
+    // Nanoseconds of the last (largest) record out of range, order kept.
+    for nsec in [1_000_000_000u32, u32::MAX] {
+        let mut bad = bytes.clone();
+        bad[off + 32..off + 36].copy_from_slice(&nsec.to_le_bytes());
+        reseal(&mut bad);
+        assert_eq!(corrupt_section(Archive::open(&bad).unwrap_err()), "mtimes");
+    }
+
+    // A table whose length is not a multiple of 12.
+    let mut short = bytes.clone();
+    let e = 64 + (MTIMES - 1) * 24;
+    short[e + 16..e + 24].copy_from_slice(&(len as u64 - 1).to_le_bytes());
+    let next = 64 + MTIMES * 24;
+    short[next + 8..next + 16].copy_from_slice(&((off + len - 1) as u64).to_le_bytes());
+    short[next + 16..next + 24]
+        .copy_from_slice(&(section(&bytes, INODES).1 as u64 + 1).to_le_bytes());
+    reseal(&mut short);
+    assert_eq!(
+        corrupt_section(Archive::open(&short).unwrap_err()),
+        "mtimes"
+    );
+}
+
+#[test]
+fn mtime_indexes_are_checked_when_an_inode_is_read() {
+    let bytes = medium();
+    let (off, _) = section(&bytes, INODES);
+    let a = Archive::open(&bytes).unwrap();
+    let ino = a.resolve("/usr/bin/passwd").unwrap().unwrap();
+    let rec = off + (ino as usize - 1) * 28;
+    for idx in [3u32, 1 << 31, u32::MAX] {
+        let mut bad = bytes.clone();
+        bad[rec + 16..rec + 20].copy_from_slice(&idx.to_le_bytes());
+        reseal(&mut bad);
+        let a = Archive::open(&bad).unwrap();
+        assert_eq!(corrupt_section(a.inode(ino).unwrap_err()), "inodes");
+        assert!(a.inode(ino - 1).is_ok());
+        exercise(&a);
+    }
+    // The root's mtime is checked at open, since the root is read there.
+    let mut bad = bytes.clone();
+    bad[off + 16..off + 20].copy_from_slice(&3u32.to_le_bytes());
+    reseal(&mut bad);
+    assert_eq!(corrupt_section(Archive::open(&bad).unwrap_err()), "inodes");
+}
+
+#[test]
+fn the_has_xattrs_bit_is_not_part_of_the_attr_index() {
+    let bytes = medium();
+    let (off, _) = section(&bytes, INODES);
+    let a = Archive::open(&bytes).unwrap();
+    let ino = a.resolve("/tmp/fifo").unwrap().unwrap();
+    let want = a.inode(ino).unwrap();
+    assert!(!want.has_xattrs());
+    let rec = off + (ino as usize - 1) * 28;
+
+    // Flag set without an xattr index entry: the inode reads the same, its xattrs do not.
+    let mut flagged = bytes.clone();
+    flagged[rec + 3] |= 0x80;
+    reseal(&mut flagged);
+    let b = Archive::open(&flagged).unwrap();
+    let got = b.inode(ino).unwrap();
+    assert!(got.has_xattrs());
+    assert_eq!(
+        (got.uid(), got.gid(), got.mode()),
+        (want.uid(), want.gid(), want.mode())
+    );
+    assert_eq!(corrupt_section(b.xattrs(ino).unwrap_err()), "xattr index");
+
+    // An attr index beyond ATTRS (bit 30) is out of range, flag or not.
+    for top in [0x40, 0xC0] {
+        let mut bad = bytes.clone();
+        bad[rec + 3] = top;
+        reseal(&mut bad);
+        let b = Archive::open(&bad).unwrap();
+        assert_eq!(corrupt_section(b.inode(ino).unwrap_err()), "inodes");
+    }
+}

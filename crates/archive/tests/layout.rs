@@ -14,6 +14,9 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
 fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
+fn i64_at(b: &[u8], o: usize) -> i64 {
+    i64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
 
 /// A fixed input without windows (window bytes depend on the zstd library version).
 fn fixed() -> Vec<u8> {
@@ -45,12 +48,12 @@ fn bytes_follow_the_documented_layout() {
     assert_eq!(u32_at(&b, 12), 0);
     assert_eq!(u64_at(&b, 16), b.len() as u64);
     assert_eq!(u64_at(&b, 24), xxhash_rust::xxh3::xxh3_64(&b[32..]));
-    assert_eq!(u32_at(&b, 32), 9);
+    assert_eq!(u32_at(&b, 32), 10);
     assert!(b[36..64].iter().all(|&x| x == 0));
     // Section table.
     let mut sec = Vec::new();
-    let mut expected = 64 + 9 * 24;
-    for i in 0..9 {
+    let mut expected = 64 + 10 * 24;
+    for i in 0..10 {
         let e = 64 + i * 24;
         assert_eq!(u32_at(&b, e), i as u32 + 1);
         assert_eq!(u32_at(&b, e + 4), 0);
@@ -60,51 +63,60 @@ fn bytes_follow_the_documented_layout() {
         sec.push(&b[off..off + len]);
     }
     assert_eq!(expected, b.len());
-    let (meta_json, attrs, inodes, dirents, strings, xidx, xattrs, spans) = (
-        sec[0], sec[1], sec[2], sec[3], sec[4], sec[5], sec[6], sec[7],
+    let (meta_json, attrs, mtimes, inodes, dirents, strings, xidx, xattrs, spans) = (
+        sec[0], sec[1], sec[2], sec[3], sec[4], sec[5], sec[6], sec[7], sec[8],
     );
     assert!(meta_json.starts_with(br#"{"image":{"reference":"docker.io/library/alpine:3.20","#));
     assert!(std::str::from_utf8(meta_json).unwrap().contains(
         r#""compression":"gzip","compressed_size":3000000,"uncompressed_size":10000000,"diff_id":"sha256:1112","span_size":4194304,"first_span":0,"span_count":3}"#
     ));
-    assert_eq!(inodes.len(), 5 * 36);
+    assert_eq!(inodes.len(), 5 * 28);
     assert_eq!(dirents.len(), 4 * 10);
     assert_eq!(spans.len(), 6 * 80);
 
+    // Mtimes: the distinct (seconds, nanoseconds), ascending: hosts' (-2, 3), everyone
+    // else's (0, 0).
+    assert_eq!(mtimes.len(), 2 * 12);
+    let mtime = |i: u32| {
+        let m = &mtimes[i as usize * 12..];
+        (i64_at(m, 0), u32_at(m, 8))
+    };
+    assert_eq!((mtime(0), mtime(1)), ((-2, 3), (0, 0)));
+
     // Inodes, breadth-first in name order: / etc sh tty hosts.
-    let inode = |ino: usize| &inodes[(ino - 1) * 36..ino * 36];
+    let inode = |ino: usize| &inodes[(ino - 1) * 28..ino * 28];
     let attr = |i: u32| {
         let a = &attrs[i as usize * 12..];
         (u32_at(a, 0), u32_at(a, 4), u32_at(a, 8))
     };
+    for ino in 1..=4 {
+        assert_eq!(u32_at(inode(ino), 16), 1, "mtime (0, 0)");
+        assert_eq!(u32_at(inode(ino), 0) >> 31, 0, "no xattrs");
+    }
     let root = inode(1);
     assert_eq!(attr(u32_at(root, 0)), (0o40755, 0, 0));
     assert_eq!(u32_at(root, 4), 3, "nlink = 2 + one subdirectory");
     assert_eq!(u64_at(root, 8), 1, "the root's parent is the root");
-    assert_eq!(u64_at(root, 28), 3 << 32, "entries 0.. (3 of them)");
+    assert_eq!(u64_at(root, 20), 3 << 32, "entries 0.. (3 of them)");
     let etc = inode(2);
     assert_eq!(attr(u32_at(etc, 0)).0, 0o40750);
     assert_eq!(u64_at(etc, 8), 1);
-    assert_eq!(u64_at(etc, 28), 3 | (1 << 32), "entries 3.. (1 of them)");
+    assert_eq!(u64_at(etc, 20), 3 | (1 << 32), "entries 3.. (1 of them)");
     let sh = inode(3);
     assert_eq!(attr(u32_at(sh, 0)).0, 0o120777);
     assert_eq!(u64_at(sh, 8), 7);
-    let target = u64_at(sh, 28) as usize;
+    let target = u64_at(sh, 20) as usize;
     assert_eq!(&strings[target..target + 7], b"busybox");
     let tty = inode(4);
     assert_eq!(attr(u32_at(tty, 0)).0, 0o20660);
-    assert_eq!(u64_at(tty, 28), 5);
+    assert_eq!(u64_at(tty, 20), 5);
     let hosts = inode(5);
-    assert_eq!(attr(u32_at(hosts, 0)), (0o100644, 7, 0));
+    assert_eq!(u32_at(hosts, 0) >> 31, 1, "has-xattrs bit");
+    assert_eq!(attr(u32_at(hosts, 0) & !(1 << 31)), (0o100644, 7, 0));
     assert_eq!(u32_at(hosts, 4), 1);
     assert_eq!(u64_at(hosts, 8), 5);
-    assert_eq!(u64_at(hosts, 16) as i64, -2);
-    assert_eq!(
-        u32_at(hosts, 24),
-        3 | 1 << 31,
-        "nanoseconds + has-xattrs bit"
-    );
-    assert_eq!(u64_at(hosts, 28), 512, "layer 0, offset 512");
+    assert_eq!(u32_at(hosts, 16), 0, "mtime (-2, 3)");
+    assert_eq!(u64_at(hosts, 20), 512, "layer 0, offset 512");
 
     // Dirents.
     let dirent = |i: usize| {
@@ -139,10 +151,11 @@ fn bytes_follow_the_documented_layout() {
 #[test]
 fn the_format_has_not_drifted() {
     // If this fails, the bytes of the format changed. If that is intended: bump
-    // FORMAT_VERSION, update docs/FORMAT.md, then this constant.
+    // FORMAT_VERSION (see "Compatibility" in docs/FORMAT.md for the one exception: before the
+    // first release), update docs/FORMAT.md, then this constant.
     let sum = xxhash_rust::xxh3::xxh3_64(&fixed());
     assert_eq!(
-        sum, 0xde35_6da3_b982_f06b,
+        sum, 0xea97_68d5_60e7_83f0,
         "format fingerprint is {sum:#018x}"
     );
 }

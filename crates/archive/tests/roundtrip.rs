@@ -222,6 +222,7 @@ fn every_accessor_round_trips() {
         sizes.header
             + sizes.meta
             + sizes.attrs
+            + sizes.mtimes
             + sizes.inodes
             + sizes.dirents
             + sizes.strings
@@ -231,7 +232,9 @@ fn every_accessor_round_trips() {
             + sizes.windows,
         sizes.total
     );
-    assert_eq!(sizes.inodes, a.inode_count() * 36);
+    assert_eq!(sizes.inodes, a.inode_count() * 28);
+    // Each distinct (seconds, nanoseconds) once: the root's, passwd's, and everyone else's 0.
+    assert_eq!(sizes.mtimes, 3 * 12);
     assert_eq!(sizes.dirents, (a.entry_count() - 1) * 10);
 }
 

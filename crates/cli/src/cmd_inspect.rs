@@ -25,14 +25,14 @@ pub struct Args {
 }
 
 /// Reads an archive file (they are small: metadata only).
-pub fn load(path: &PathBuf) -> Result<Vec<u8>> {
+pub fn load(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 pub fn run(args: Args) -> Result<()> {
     let bytes = load(&args.file)?;
     let archive = Archive::open(&bytes)
-        .with_context(|| format!("reading {}", crate::display_path(&args.file)))?;
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match &args.ls {
         Some(path) => list(&archive, path, args.recursive, args.json, &mut out)?,

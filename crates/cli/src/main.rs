@@ -6,10 +6,10 @@
 
 mod cmd_index;
 mod cmd_inspect;
+mod cmd_mount;
 mod units;
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +28,12 @@ enum Command {
     Index(cmd_index::Args),
     /// Show what a .clip archive holds.
     Inspect(cmd_inspect::Args),
+    /// Mount a .clip archive as a lazy, read-only filesystem.
+    Mount(cmd_mount::Args),
+    /// Unmount a clip mount (also one whose process died).
+    Umount(cmd_mount::UmountArgs),
+    /// Show the counters of a running clip mount.
+    Stats(cmd_mount::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Index(args) => cmd_index::run(args),
         Command::Inspect(args) => cmd_inspect::run(args),
+        Command::Mount(args) => cmd_mount::run(args),
+        Command::Umount(args) => cmd_mount::umount(args),
+        Command::Stats(args) => cmd_mount::stats(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,9 +66,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Where a path argument came from, for messages.
-fn display_path(p: &PathBuf) -> String {
-    p.display().to_string()
 }

@@ -8,66 +8,11 @@ use clip_testkit::{
 };
 use support::*;
 
-/// The lower layer of the main fixture: every entry type, special bits, xattrs, long names,
-/// large ids, and content under the runtime directories.
 fn base_fixture() -> String {
-    let long_dir = "d".repeat(120);
-    let long_file = "f".repeat(200);
-    format!(
-        r#"
-/                     dir     0755 0 0
-/etc                  dir     0755 0 0
-/etc/hostname         file    0644 0 0 content="base\n"
-/etc/passwd           file    0644 0 0 content="root:x:0:0:root:/root:/bin/sh\n"
-/etc/old.conf         file    0600 0 0 content="old"
-/usr                  dir     0755 0 0
-/usr/bin              dir     0755 0 0
-/usr/bin/tool         file    4755 0 0 size=70000 seed=1
-/usr/bin/sgid         file    2755 0 50 size=10 seed=2
-/usr/lib              dir     0755 0 0
-/usr/lib/libx.so.1    file    0644 0 0 size=300000 seed=3 text
-/usr/lib/libx.so      symlink 0777 0 0 target=libx.so.1
-/bin                  symlink 0777 0 0 target=usr/bin
-/opt                  dir     0755 0 0
-/opt/app              dir     0755 1000 1000
-/opt/app/a            file    0644 1000 1000 content="a"
-/opt/app/sub          dir     0755 1000 1000
-/opt/app/sub/b        file    0644 1000 1000 content="b"
-/var                  dir     0755 0 0
-/var/cache            dir     0755 0 0
-/var/cache/x          file    0644 0 0 content="x"
-/tmp                  dir     1777 0 0
-/srv                  dir     0755 0 0
-/srv/fifo             fifo    0644 0 0
-/srv/tty              char    0620 0 5 major=4 minor=1
-/srv/disk             block   0660 0 6 major=8 minor=1
-/data                 dir     0755 0 0
-/data/x               file    0644 0 0 content="x" xattr.user.k=v xattr.user.bin=0xdeadbeef
-/data/{long_dir}      dir     0755 0 0
-/data/{long_dir}/{long_file} file 0644 0 0 content="long" mtime=1700000000.123456789
-/dev                  dir     0755 0 0
-/dev/null             char    0666 0 0 major=1 minor=3
-/dev/sda              block   0660 0 6 major=8 minor=0
-/proc                 dir     0555 0 0
-/proc/cpuinfo         file    0444 0 0 content="stale"
-/sys                  dir     0555 0 0
-/sys/kernel           dir     0755 0 0
-"#
-    )
+    include_str!("fixtures/base.txt").to_string()
 }
 
-/// The upper layer: file, directory and opaque whiteouts, overrides, a hardlink to a file of
-/// the lower layer, ids beyond 2^21.
-const TOP_FIXTURE: &str = r#"
-/etc/.wh.old.conf     whiteout
-/var/.wh.cache        whiteout
-/opt/app/.wh..wh..opq opaque
-/opt/app/c            file    0644 0 0 content="c"
-/etc/hostname         file    0640 0 0 content="top\n" mtime=1700000100.5
-/usr/bin/hl           hardlink target=/usr/bin/tool
-/ids                  dir     0755 3000000 4000000
-/ids/f                file    0640 4294967294 4294967294 content="big ids"
-"#;
+const TOP_FIXTURE: &str = include_str!("fixtures/top.txt");
 
 fn main_image(flavor: TarFlavor) -> Image {
     let options = LayerOptions::default()
@@ -408,9 +353,8 @@ fn credentials_from_flags_and_auth_files() {
 fn missing_tags_repositories_and_corrupt_blobs_are_clear_errors() {
     let registry = Registry::start();
     let pushed = Image::new()
-        .layer(Layer::from_fixture(&format!(
-            "/f file 0644 0 0 size=200000 seed=4 text\n"
-        )))
+        .layer(Layer::from_fixture("/f file 0644 0 0 size=200000 seed=4 text
+"))
         .push(&registry, "present:1", ManifestFlavor::Oci);
     let scratch = Scratch::new();
     let out = scratch.path("x.clip");
@@ -538,4 +482,44 @@ fn archives_are_deterministic_small_and_inspectable() {
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\n not an archive").unwrap();
     let err = clip(&["inspect", bad.to_str().unwrap()]).failure();
     assert!(err.contains("not a .clip index"), "{err}");
+}
+
+#[test]
+fn hostile_layers_are_refused_or_contained() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let out = scratch.path("h.clip");
+    let out_s = out.to_str().unwrap();
+
+    // `..` never climbs out of the root; absolute names are made relative.
+    Image::new()
+        .layer(Layer::from_fixture(
+            "/a dir 0755 0 0\n/a/x file 0644 0 0 content=\"x\" name=../../escape\n/a/y file 0644 0 0 content=\"y\" name=/abs/./y\n",
+        ))
+        .push(&registry, "escape:1", ManifestFlavor::Oci);
+    index(&registry, "escape:1", &out, &[]);
+    let paths: Vec<String> = listing(&out).into_keys().collect();
+    assert_eq!(paths, ["/", "/a", "/abs", "/abs/y", "/escape"]);
+
+    // Sparse files are refused with the entry named.
+    Image::new()
+        .layer(Layer::from_fixture(
+            "/s file 0644 0 0 content=\"s\" pax.GNU.sparse.major=1 pax.GNU.sparse.minor=0",
+        ))
+        .push(&registry, "sparse:1", ManifestFlavor::Oci);
+    let err = clip(&["index", "--quiet", &image_ref(&registry, "sparse:1"), out_s]).failure();
+    assert!(err.contains("sparse") && err.contains("\"s\""), "{err}");
+
+    // A hardlink to nothing names the link and its target.
+    Image::new()
+        .layer(Layer::from_fixture("/l hardlink target=/missing"))
+        .push(&registry, "dangling:1", ManifestFlavor::Oci);
+    let err = clip(&[
+        "index",
+        "--quiet",
+        &image_ref(&registry, "dangling:1"),
+        out_s,
+    ])
+    .failure();
+    assert!(err.contains("/l") && err.contains("/missing"), "{err}");
 }

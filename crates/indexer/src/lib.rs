@@ -191,6 +191,28 @@ pub fn index_image(
                 ),
             });
         }
+        // A gzip stream written as a few giant deflate blocks (zlib-ng's level-1 "quick"
+        // strategy does that) has no boundary to checkpoint at: every miss then costs a block.
+        let widest = indexed
+            .spans
+            .windows(2)
+            .map(|w| w[1].uncompressed_offset - w[0].uncompressed_offset)
+            .chain(
+                indexed
+                    .spans
+                    .last()
+                    .map(|s| indexed.uncompressed_size - s.uncompressed_offset),
+            )
+            .max()
+            .unwrap_or(0);
+        if desc.compression == clip_registry::Compression::Gzip && widest > 8 * options.span {
+            tracing::warn!(
+                layer = %desc.digest,
+                "the layer's deflate blocks are up to {} MiB long, so a lazy read may fetch that \
+                 much; recompressing it with a standard gzip (level 6) would avoid this",
+                widest >> 20
+            );
+        }
         compressed_bytes += indexed.compressed_size;
         uncompressed_bytes += indexed.uncompressed_size;
         let layer_index = u32::try_from(i).map_err(|_| IndexError::Image {

@@ -99,7 +99,7 @@ pub enum RegistryError {
     },
 
     /// Connection, TLS or timeout failure (after retries, when it was transient).
-    #[error("cannot talk to {url}: {source}; is the registry reachable?")]
+    #[error("cannot talk to {url} (is the registry reachable?)")]
     Transport {
         url: String,
         #[source]

@@ -15,6 +15,8 @@
 //!   [`TreeSnapshot`] (path → type, mode, owner, size, mtime, link target, rdev, xattrs, inode,
 //!   link count, content hash), the reference a clip mount is compared with
 //!   ([`assert_same_tree`]).
+//! * [`FaultProxy`] — a TCP proxy in front of the registry that resets, stalls, truncates or
+//!   corrupts responses on demand ([`Fault`]).
 //! * [`text`] — deterministic generated content, and [`big_text_layer`] for large layers.
 //!
 //! Setup failures panic with a clear message (a broken environment is not something a test can
@@ -38,6 +40,7 @@ pub mod fixture;
 pub mod image;
 pub mod layer;
 pub mod oracle;
+pub mod proxy;
 pub mod registry;
 pub mod text;
 
@@ -51,6 +54,7 @@ pub use layer::{compress, sha256_digest, write_tar, Compression, Layer, LayerOpt
 pub use oracle::{
     assert_same_tree, oracle_unpack, oracle_unpack_dir, EntrySnapshot, TreeSnapshot, Unpacked,
 };
+pub use proxy::{Fault, FaultProxy};
 pub use registry::{AccessLogEntry, LogMark, Registry};
 pub use text::big_text_layer;
 

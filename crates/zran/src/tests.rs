@@ -190,3 +190,25 @@ fn resumption_rejects_short_input_and_never_panics() {
         let _ = inflate_span((round % 8) as u8, &junk[..len.min(100)], &junk, 5000);
     }
 }
+
+#[test]
+fn incompressible_data_still_gets_checkpoints() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..6_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    // (zlib-ng/zlib-rs level 1 "quick" deflate writes the whole stream as one block: nothing
+    // can be checkpointed inside it. Docker, Go and gzip default to level 6.)
+    for level in [6, 9] {
+        let gz = gzip(&data, level);
+        let (out, cps, _) = index(&gz, 1 << 20);
+        assert_eq!(out, data);
+        assert!(cps.len() >= 5, "level {level}: {} checkpoints", cps.len());
+        check_every_span(&gz, &data, &cps);
+    }
+}

@@ -182,3 +182,118 @@ pub fn without_content(mut tree: TreeSnapshot) -> TreeSnapshot {
     }
     tree
 }
+
+/// A `clip mount` process in the foreground, owned by the test: started with the hidden
+/// `--ready-on-stdout` flag so that readiness is an event, unmounted and reaped on drop.
+pub struct Mount {
+    pub dir: PathBuf,
+    child: Option<std::process::Child>,
+    stderr: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `archive` at `dir` with the cache in `cache`; panics with the mount's stderr if
+    /// it does not become ready.
+    pub fn start(archive: &Path, dir: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        Mount::try_start(archive, dir, cache, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Mount::start`], returning the mount's error output when it fails.
+    pub fn try_start(
+        archive: &Path,
+        dir: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> Result<Mount, String> {
+        use std::io::BufRead;
+        let stderr = dir.with_extension("mount.log");
+        let log = std::fs::File::create(&stderr).expect("mount log");
+        let mut child = clip_command()
+            .arg("mount")
+            .arg(archive)
+            .arg(dir)
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--ready-on-stdout")
+            .args(extra)
+            .env("RUST_LOG", "clip=info,clip_fetch=info,warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning clip mount");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        if line.trim() == "ready" {
+            return Ok(Mount {
+                dir: dir.to_path_buf(),
+                child: Some(child),
+                stderr,
+            });
+        }
+        let status = child.wait().expect("reaping clip mount");
+        let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+        assert!(!err.contains("panicked"), "clip mount panicked:\n{err}");
+        Err(format!(
+            "clip mount did not become ready ({status}): {line}\n{err}"
+        ))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// `clip stats DIR --json`.
+    pub fn stats(&self) -> Value {
+        let run = clip(&["stats", "--json", self.dir.to_str().expect("utf-8")]).success();
+        serde_json::from_str(&run.stdout()).expect("stats JSON")
+    }
+
+    /// Unmounts with `clip umount`, waits for the process and returns what it logged.
+    pub fn unmount(mut self) -> String {
+        let run = clip(&["umount", self.dir.to_str().expect("utf-8")]);
+        assert!(run.ok(), "clip umount: {}", run.stderr());
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().expect("reaping clip mount");
+            assert!(status.success(), "mount process ended with {status}");
+        }
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Kills the mount process with SIGKILL (leaving a stale mount) and reaps it.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaping");
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = clip(&["umount", self.dir.to_str().unwrap_or("")]);
+        // The unmount ends the session and the process; if it could not, end it by pid.
+        for _ in 0..200 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = clip(&["umount", self.dir.to_str().unwrap_or("")]);
+    }
+}
+
+/// Reads every regular file under `root` (content hashes included).
+pub fn capture(root: &Path) -> TreeSnapshot {
+    TreeSnapshot::capture(root)
+}

@@ -1,7 +1,7 @@
-# Shared by the benchmark scripts: a throwaway registry on loopback and a layer pusher.
+# Shared by the demo and the benchmarks: a throwaway registry on loopback and a layer pusher.
 # Source it; it defines start_registry and push_image, and cleans up on exit.
 
-BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/clip-bench.XXXXXX")
+BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/clip.XXXXXX")
 REGISTRY_PID=""
 cleanup() {
   if [ -n "$REGISTRY_PID" ]; then kill "$REGISTRY_PID" 2>/dev/null; wait "$REGISTRY_PID" 2>/dev/null || true; fi
@@ -66,8 +66,8 @@ push_image() {
     diffids_json+="$sep\"sha256:$(cat "$layer.diffid")\""
     sep=","
   done
-  printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
-    "$diffids_json" > "$BENCH_TMP/config.json"
+  printf '{"architecture":"amd64","os":"linux","created":"%s","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$diffids_json" > "$BENCH_TMP/config.json"
   local cd csize
   cd=$(push_blob "$repo" "$BENCH_TMP/config.json")
   csize=$(stat -c %s "$BENCH_TMP/config.json")
@@ -77,9 +77,18 @@ push_image() {
     --data-binary "@$BENCH_TMP/manifest.json" "http://$REGISTRY/v2/$repo/manifests/$tag" >/dev/null
 }
 
-# make_layer OUT.tar.gz DIR...: a gzip layer (level 6, like docker) of host directories.
+# make_layer OUT.tar.gz DIR...: a gzip layer (level 6, like docker) of host directories under /,
+# with its diff_id (the sha256 of the uncompressed tar) in OUT.tar.gz.diffid.
 make_layer() {
   local out=$1; shift
-  tar -C / -cf - --sort=name "$@" 2>/dev/null | tee >(sha256sum | cut -d' ' -f1 > "$out.diffid") \
-    | pigz -6 -p "$(nproc)" > "$out"
+  tar -C / -cf "$out.tar" --sort=name "$@" 2>/dev/null || [ -s "$out.tar" ]
+  tar_to_layer "$out"
+}
+
+# tar_to_layer OUT.tar.gz: compresses OUT.tar.gz.tar into OUT.tar.gz and records its diff_id.
+tar_to_layer() {
+  local out=$1
+  sha256sum "$out.tar" | cut -d' ' -f1 > "$out.diffid"
+  pigz -6 -p "$(nproc)" < "$out.tar" > "$out"
+  rm -f "$out.tar"
 }

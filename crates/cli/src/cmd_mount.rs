@@ -1,0 +1,399 @@
+//! `clip mount FILE.clip DIR`, `clip umount DIR` and `clip stats DIR`.
+//!
+//! The mount process owns one FUSE session. In the foreground it runs until the filesystem is
+//! unmounted (`clip umount`, `umount`, or SIGINT/SIGTERM, which unmount it cleanly) and then
+//! prints its counters. `--daemon` re-executes the same command in the background and returns
+//! once the mount is ready, with an exit code that says whether it is. While mounted, the
+//! counters are served as JSON on a unix socket named after the mountpoint (`clip stats DIR`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clip_archive::Archive;
+use clip_fetch::{CacheOptions, FetchOptions, Fetcher};
+use clip_fs::{ContentError, ContentSource, FsCore};
+use clip_registry::{Client, ClientOptions, Reference, RetryPolicy};
+use sha2::{Digest, Sha256};
+
+use crate::units;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .clip index to mount.
+    pub file: PathBuf,
+    /// The mountpoint (created if missing).
+    pub dir: PathBuf,
+    /// Where fetched spans are cached, shared by all mounts [default: /var/cache/clip for root,
+    /// else ~/.cache/clip].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the cache; least recently used spans are evicted beyond it.
+    #[arg(long, default_value = "10G", value_parser = units::parse_size)]
+    pub cache_size: u64,
+    /// Return once the mount is ready and keep serving it in the background.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Let other users (e.g. a container's non-root user) use the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Registry credentials USER:PASS (otherwise from $REGISTRY_AUTH_FILE or the docker config).
+    #[arg(long, env = "CLIP_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Seconds a read may wait for the registry before it fails with EIO (the mount stays up).
+    #[arg(long, default_value_t = 30)]
+    pub read_timeout: u64,
+    /// With --daemon: where the background mount logs [default: next to its stats socket].
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Internal: report readiness on stdout (used by --daemon).
+    #[arg(long, hide = true)]
+    pub ready_on_stdout: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UmountArgs {
+    /// The mountpoint.
+    pub dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {
+    /// The mountpoint.
+    pub dir: PathBuf,
+    /// Print the counters as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Bridges the fetcher to the filesystem core (neither crate knows the other).
+struct FetchContent(Arc<Fetcher>);
+
+impl ContentSource for FetchContent {
+    fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError> {
+        self.0
+            .read_at(layer, offset, buf)
+            .map_err(|e| ContentError::new(e.errno(), e.to_string()))
+    }
+
+    fn cached_extent(&self, layer: u32, offset: u64, len: u64) -> Option<(std::fs::File, u64)> {
+        self.0.cached_extent(layer, offset, len)
+    }
+}
+
+/// Where mount daemons keep their stats sockets and logs.
+fn runtime_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/clip");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("clip"),
+        _ => std::env::temp_dir().join(format!("clip-{}", rustix::process::geteuid().as_raw())),
+    }
+}
+
+/// The stats socket (and default daemon log) of a mountpoint: named by a hash of its path.
+fn mount_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let canonical = std::fs::canonicalize(dir)
+        .with_context(|| format!("{}: no such directory", dir.display()))?;
+    let hash = hex::encode(&Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..8]);
+    let base = runtime_dir();
+    Ok((
+        base.join(format!("{hash}.sock")),
+        base.join(format!("{hash}.log")),
+    ))
+}
+
+fn parse_creds(creds: Option<&str>) -> Result<Option<clip_registry::Credentials>> {
+    creds
+        .map(|c| {
+            c.split_once(':')
+                .map(|(u, p)| clip_registry::Credentials {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                })
+                .context("--creds must be USER:PASSWORD")
+        })
+        .transpose()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.daemon {
+        return run_daemon(&args);
+    }
+    let ready = args.ready_on_stdout;
+    match serve(args) {
+        Ok(()) => Ok(()),
+        Err(e) if ready => {
+            // The parent reads this line and exits with our error.
+            println!("error: {e:#}");
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `--daemon`: start the same command in the background and wait until it reports.
+fn run_daemon(args: &Args) -> Result<()> {
+    if !args.dir.exists() {
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
+    }
+    let (_, default_log) = mount_files(&args.dir)?;
+    let log = args.log_file.clone().unwrap_or(default_log);
+    if let Some(parent) = log.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening log {}", log.display()))?;
+    let exe = std::env::current_exe().context("finding the clip executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg(&args.file)
+        .arg(&args.dir)
+        .arg("--cache-size")
+        .arg(args.cache_size.to_string())
+        .arg("--read-timeout")
+        .arg(args.read_timeout.to_string())
+        .arg("--ready-on-stdout");
+    if let Some(c) = &args.cache_dir {
+        cmd.arg("--cache-dir").arg(c);
+    }
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    if args.insecure {
+        cmd.arg("--insecure");
+    }
+    if let Some(c) = &args.creds {
+        cmd.env("CLIP_CREDS", c);
+    }
+    // Its own process group: a Ctrl-C in this terminal does not reach the daemon.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .process_group(0);
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let stdout = child.stdout.take().context("daemon stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("waiting for the mount daemon")?;
+    if line.trim() == "ready" {
+        eprintln!(
+            "mounted {} at {} (pid {}, log {})",
+            args.file.display(),
+            args.dir.display(),
+            child.id(),
+            log.display()
+        );
+        return Ok(());
+    }
+    let status = child.wait().context("waiting for the mount daemon")?;
+    match line.trim().strip_prefix("error: ") {
+        Some(msg) => bail!("{msg}"),
+        None => bail!(
+            "the mount daemon exited ({status}) before the mount was ready; see {}",
+            log.display()
+        ),
+    }
+}
+
+fn serve(args: Args) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    // The archive lives as long as the mount process.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    let archive =
+        Arc::new(Archive::open(bytes).with_context(|| format!("reading {}", args.file.display()))?);
+    if !args.dir.exists() {
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
+    }
+    if !args.dir.is_dir() {
+        bail!("{} is not a directory", args.dir.display());
+    }
+    let meta = archive.meta();
+    let reference: Reference = meta
+        .reference
+        .parse()
+        .with_context(|| format!("the index names an invalid image {:?}", meta.reference))?;
+    // Blobs are addressed by digest: pin the manifest so a moved tag cannot matter.
+    let reference = reference.with_digest(&meta.manifest_digest);
+    let timeout = Duration::from_secs(args.read_timeout.max(1));
+    let mut options = ClientOptions {
+        creds: parse_creds(args.creds.as_deref())?,
+        retry: RetryPolicy {
+            deadline: timeout,
+            ..RetryPolicy::default()
+        },
+        ..ClientOptions::default()
+    };
+    if args.insecure {
+        options.insecure_registries.push(reference.registry.clone());
+    }
+    let client = Client::new(options)?;
+    let fetch_options = FetchOptions {
+        cache: CacheOptions {
+            dir: args
+                .cache_dir
+                .clone()
+                .unwrap_or_else(clip_fetch::default_cache_dir),
+            max_bytes: args.cache_size,
+        },
+        read_timeout: timeout,
+        ..FetchOptions::default()
+    };
+    let fetcher = Arc::new(
+        Fetcher::new(archive.clone(), client, reference.clone(), fetch_options)
+            .context("setting up the span cache")?,
+    );
+    fetcher.check_registry().with_context(|| {
+        format!(
+            "the registry of {} cannot be reached; not mounting",
+            meta.reference
+        )
+    })?;
+
+    let core = FsCore::new(archive.clone(), Arc::new(FetchContent(fetcher.clone())));
+    let mount_options = clip_fuse::MountOptions {
+        allow_other: args.allow_other,
+        ..clip_fuse::MountOptions::default()
+    };
+    let mounted = clip_fuse::mount(core, &args.dir, &mount_options)
+        .with_context(|| format!("mounting {}", args.dir.display()))?;
+    let (socket_path, _) = mount_files(&args.dir)?;
+    let stats_server = StatsServer::start(&socket_path, fetcher.clone());
+    if let Err(e) = &stats_server {
+        tracing::warn!("stats socket unavailable: {e:#}");
+    }
+
+    // SIGINT/SIGTERM/SIGHUP unmount, which ends the session below.
+    let dir = args.dir.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "unmounting");
+            if let Err(e) = clip_fuse::unmount(&dir) {
+                tracing::error!("unmounting {} after signal {sig}: {e}", dir.display());
+            }
+        }
+    });
+
+    tracing::info!(image = %meta.reference, dir = %args.dir.display(), "mounted");
+    if args.ready_on_stdout {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let result = mounted.wait();
+    signal_handle.close();
+    drop(stats_server);
+    let stats = fetcher.stats();
+    eprintln!(
+        "clip: unmounted {}: {}",
+        args.dir.display(),
+        stats_line(&serde_json::to_value(stats)?)
+    );
+    result.with_context(|| format!("serving {}", args.dir.display()))
+}
+
+fn stats_line(v: &serde_json::Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    format!(
+        "{} registry requests, {} fetched in {} spans, {} cache hits, {} misses, {} verification failures",
+        n("registry_requests"),
+        units::bytes(n("bytes_fetched")),
+        n("spans_fetched"),
+        n("cache_hits"),
+        n("cache_misses"),
+        n("verify_failures"),
+    )
+}
+
+/// Serves the fetcher's counters as one JSON document per connection.
+struct StatsServer {
+    path: PathBuf,
+}
+
+impl StatsServer {
+    fn start(path: &Path, fetcher: Arc<Fetcher>) -> Result<StatsServer> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        // A socket left by a mount process that died is stale: replace it.
+        let _ = std::fs::remove_file(path);
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let stats = fetcher.stats();
+                if let Ok(json) = serde_json::to_vec(&stats) {
+                    let _ = stream.write_all(&json);
+                }
+            }
+        });
+        Ok(StatsServer {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for StatsServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn umount(args: UmountArgs) -> Result<()> {
+    clip_fuse::unmount(&args.dir).with_context(|| format!("unmounting {}", args.dir.display()))?;
+    if let Ok((socket, _)) = mount_files(&args.dir) {
+        // A daemon that died leaves its socket behind.
+        if UnixStream::connect(&socket).is_err() {
+            let _ = std::fs::remove_file(&socket);
+        }
+    }
+    Ok(())
+}
+
+pub fn stats(args: StatsArgs) -> Result<()> {
+    let (socket, _) = mount_files(&args.dir)?;
+    let mut stream = UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "{} is not served by a running clip mount (no {})",
+            args.dir.display(),
+            socket.display()
+        )
+    })?;
+    let mut body = String::new();
+    stream
+        .read_to_string(&mut body)
+        .context("reading the mount's counters")?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("the mount answered garbage")?;
+    if args.json {
+        println!("{v}");
+    } else {
+        println!("{}", stats_line(&v));
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! [`FetchError`]: every way a read of layer bytes can fail.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clip_archive::ArchiveError;
+use clip_registry::RegistryError;
+use clip_zran::ZranError;
+
+/// An error of the fetcher.
+///
+/// The error is `Clone` (sources are behind `Arc`) because one failed fetch is reported to every
+/// reader that waited for the same span. [`FetchError::errno`] is what a filesystem answers.
+#[non_exhaustive]
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// The archive is inconsistent (or a layer/span index is out of range).
+    #[error("reading the .clip index failed: {0}")]
+    Archive(#[source] Arc<ArchiveError>),
+
+    /// A read starts past the end of the layer's uncompressed stream.
+    #[error("offset {offset} is past the end of layer {layer} ({size} uncompressed bytes)")]
+    OutOfRange {
+        /// Layer index.
+        layer: u32,
+        /// Requested offset.
+        offset: u64,
+        /// The layer's uncompressed size.
+        size: u64,
+    },
+
+    /// A layer digest in the archive is not `sha256:<64 hex>` or `sha512:<128 hex>`.
+    #[error("layer {layer} has an invalid digest {digest:?} in the .clip index")]
+    InvalidLayerDigest {
+        /// Layer index.
+        layer: u32,
+        /// The digest as stored.
+        digest: String,
+    },
+
+    /// The registry could not deliver the bytes (after the client's retries).
+    #[error(
+        "fetching {} of layer {layer_digest} failed: {source}",
+        match .span { Some(s) => format!("span {s}"), None => "a byte".to_string() }
+    )]
+    Registry {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer (`None` for [`crate::Fetcher::check_registry`]).
+        span: Option<usize>,
+        /// What the registry client reported.
+        #[source]
+        source: Arc<RegistryError>,
+    },
+
+    /// The compressed bytes the registry sent do not hash to the span digest of the index.
+    #[error(
+        "span {span} of layer {layer_digest}: fetched bytes have sha256 {found}, the index \
+         says {expected}; the registry served corrupt data (or the index does not belong to \
+         this image)"
+    )]
+    DigestMismatch {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+        /// Span digest from the archive (hex).
+        expected: String,
+        /// Digest of what was received (hex).
+        found: String,
+    },
+
+    /// Verified gzip bytes did not inflate from the span's checkpoint.
+    #[error("span {span} of layer {layer_digest} does not inflate: {source}")]
+    Inflate {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+        /// What the inflater reported.
+        #[source]
+        source: Arc<ZranError>,
+    },
+
+    /// Verified zstd bytes did not decode.
+    #[error("span {span} of layer {layer_digest} does not decode as zstd: {detail}")]
+    Decode {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+        /// What the decoder reported.
+        detail: String,
+    },
+
+    /// A span decoded to another length than the index says.
+    #[error(
+        "span {span} of layer {layer_digest} decoded to {found} bytes, the index says {expected}"
+    )]
+    LengthMismatch {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+        /// Length from the archive.
+        expected: u64,
+        /// Length produced.
+        found: u64,
+    },
+
+    /// A gzip span is too large to be inflated in memory.
+    #[error(
+        "span {span} of layer {layer_digest} is {size} bytes, more than the {limit} bytes a \
+         gzip span may have; re-create the index with a smaller --span"
+    )]
+    SpanTooLarge {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+        /// Uncompressed (or compressed) size of the span.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// A read waited longer than [`crate::FetchOptions::read_timeout`] for a span.
+    #[error(
+        "span {span} of layer {layer_digest} did not arrive within {after:?}; is the registry \
+         reachable?"
+    )]
+    Timeout {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+        /// How long the read waited.
+        after: Duration,
+    },
+
+    /// The cache directory could not be used.
+    #[error("cache {}: {source}", .path.display())]
+    Cache {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// A fetch was abandoned before it finished (the fetcher was dropped).
+    #[error("fetch of span {span} of layer {layer_digest} was cancelled")]
+    Cancelled {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+    },
+
+    /// A background thread could not be started.
+    #[error("cannot start a fetch thread: {0}")]
+    Thread(#[source] Arc<io::Error>),
+}
+
+impl FetchError {
+    /// The errno a filesystem should answer with: `EIO` for everything that is about data that
+    /// cannot be delivered, `EINVAL` for a caller asking for something that does not exist.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FetchError::Archive(e) => match **e {
+                ArchiveError::NoSuchLayer(_) | ArchiveError::NoSuchSpan { .. } => libc::EINVAL,
+                _ => libc::EIO,
+            },
+            FetchError::OutOfRange { .. } => libc::EINVAL,
+            FetchError::InvalidLayerDigest { .. }
+            | FetchError::Registry { .. }
+            | FetchError::DigestMismatch { .. }
+            | FetchError::Inflate { .. }
+            | FetchError::Decode { .. }
+            | FetchError::LengthMismatch { .. }
+            | FetchError::SpanTooLarge { .. }
+            | FetchError::Timeout { .. }
+            | FetchError::Cache { .. }
+            | FetchError::Cancelled { .. }
+            | FetchError::Thread(_) => libc::EIO,
+        }
+    }
+
+    pub(crate) fn cache(path: impl Into<PathBuf>, source: io::Error) -> FetchError {
+        FetchError::Cache {
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl From<ArchiveError> for FetchError {
+    fn from(e: ArchiveError) -> Self {
+        FetchError::Archive(Arc::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_is_eio_for_data_errors() {
+        let e = FetchError::Timeout {
+            layer_digest: "sha256:00".into(),
+            span: 3,
+            after: Duration::from_millis(5),
+        };
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.to_string().contains("span 3"));
+        let e = FetchError::from(ArchiveError::NoSuchLayer(7));
+        assert_eq!(e.errno(), libc::EINVAL);
+        let e = FetchError::Registry {
+            layer_digest: "sha256:00".into(),
+            span: None,
+            source: Arc::new(RegistryError::InvalidOptions { detail: "x".into() }),
+        };
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.to_string().contains("a byte of layer"), "{e}");
+    }
+}

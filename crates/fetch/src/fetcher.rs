@@ -1,0 +1,1131 @@
+//! The engine behind [`crate::Fetcher`]: span mapping, the read path, background workers,
+//! coalesced fetches, verification and decoding.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use clip_archive::{Archive, Compression, SpanInfo, SpanTable};
+use clip_registry::{Client, Reference, RegistryError};
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{self, EntryState, Key, Lookup, SpanCache, HEADER_LEN};
+use crate::flight::{Claim, Claimed, Flight, Flights, Ready};
+use crate::{FetchError, FetchOptions, FetchStats};
+
+/// zstd and uncompressed spans larger than this (uncompressed) are streamed into the cache
+/// instead of being decoded in memory.
+const MAX_BUFFERED_OUTPUT: u64 = 16 << 20;
+/// gzip spans are inflated in memory (the checkpoint API works on whole buffers); larger ones
+/// are refused rather than allocated.
+const MAX_GZIP_SPAN: u64 = 256 << 20;
+/// Copy buffer of the streaming path.
+const STREAM_CHUNK: usize = 128 * 1024;
+/// Readahead requests beyond this many queued are dropped (readahead is a hint).
+const MAX_QUEUED_READAHEAD: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A layer as the fetcher sees it.
+struct LayerState {
+    index: u32,
+    digest: Arc<str>,
+    compression: Compression,
+    compressed_size: u64,
+    uncompressed_size: u64,
+    spans: SpanTable<'static>,
+    /// Cache directory of the layer.
+    dir: PathBuf,
+    /// Per span: what this process knows of its cache entry.
+    entries: Vec<EntryState>,
+    /// Where the last read of this layer ended (`u64::MAX` before the first).
+    last_end: AtomicU64,
+    /// First span not yet handed to readahead.
+    readahead_next: AtomicUsize,
+}
+
+impl LayerState {
+    fn entry(&self, span: usize) -> &EntryState {
+        // `entries` has one element per span of `spans`, and callers only pass span indexes
+        // the table returned; fall back to a shared blank state rather than panic.
+        static FALLBACK: std::sync::OnceLock<EntryState> = std::sync::OnceLock::new();
+        self.entries
+            .get(span)
+            .unwrap_or_else(|| FALLBACK.get_or_init(EntryState::default))
+    }
+
+    fn span_path(&self, info: &SpanInfo) -> PathBuf {
+        SpanCache::entry_path(&self.dir, info.uncompressed_offset, span_len(info))
+    }
+}
+
+fn span_len(info: &SpanInfo) -> u64 {
+    info.uncompressed_end - info.uncompressed_offset
+}
+
+/// Work for the background threads.
+enum Job {
+    /// Fetch these claimed, neighbouring spans (one Range request when they fit).
+    Fetch {
+        layer: u32,
+        claims: Vec<(SpanInfo, Claim)>,
+        readahead: bool,
+    },
+    /// Fetch whatever of these spans is neither cached nor under way.
+    Readahead { layer: u32, spans: Range<usize> },
+}
+
+#[derive(Default)]
+struct Queue {
+    demand: VecDeque<Job>,
+    readahead: VecDeque<Job>,
+    /// Jobs being run by workers.
+    running: usize,
+    shutdown: bool,
+}
+
+impl Queue {
+    fn is_idle(&self) -> bool {
+        self.demand.is_empty() && self.readahead.is_empty() && self.running == 0
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    registry_requests: AtomicU64,
+    bytes_fetched: AtomicU64,
+    spans_fetched: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    verify_failures: AtomicU64,
+    fetch_errors: AtomicU64,
+    readahead_spans: AtomicU64,
+    timeouts: AtomicU64,
+    cache_corrupt: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Everything the fetcher's threads share.
+pub(crate) struct Shared {
+    archive: Arc<Archive<'static>>,
+    client: Client,
+    reference: Reference,
+    options: FetchOptions,
+    layers: Vec<LayerState>,
+    cache: SpanCache,
+    flights: Arc<Flights>,
+    queue: Mutex<Queue>,
+    queue_ready: Condvar,
+    /// Notified when the queue becomes idle.
+    queue_idle: Condvar,
+    counters: Counters,
+}
+
+/// One span a read touches.
+struct Part {
+    span: usize,
+    info: SpanInfo,
+}
+
+impl Shared {
+    pub(crate) fn start(
+        archive: Arc<Archive<'static>>,
+        client: Client,
+        reference: Reference,
+        mut options: FetchOptions,
+    ) -> Result<Arc<Shared>, FetchError> {
+        options.workers = options.workers.max(1);
+        options.max_request_bytes = options.max_request_bytes.max(1);
+        let cache = SpanCache::open(&options.cache)?;
+        let mut layers = Vec::with_capacity(archive.layers().len());
+        for (i, info) in archive.layers().iter().enumerate() {
+            let index =
+                u32::try_from(i).map_err(|_| clip_archive::ArchiveError::NoSuchLayer(u32::MAX))?;
+            let dir =
+                cache
+                    .layer_dir(&info.digest)
+                    .ok_or_else(|| FetchError::InvalidLayerDigest {
+                        layer: index,
+                        digest: info.digest.clone(),
+                    })?;
+            let spans = archive.spans(index)?;
+            layers.push(LayerState {
+                index,
+                digest: Arc::from(info.digest.as_str()),
+                compression: info.compression,
+                compressed_size: info.compressed_size,
+                uncompressed_size: info.uncompressed_size,
+                entries: (0..spans.len()).map(|_| EntryState::default()).collect(),
+                spans,
+                dir,
+                last_end: AtomicU64::new(u64::MAX),
+                readahead_next: AtomicUsize::new(0),
+            });
+        }
+        let shared = Arc::new(Shared {
+            archive,
+            client,
+            reference,
+            options,
+            layers,
+            cache,
+            flights: Arc::new(Flights::default()),
+            queue: Mutex::new(Queue::default()),
+            queue_ready: Condvar::new(),
+            queue_idle: Condvar::new(),
+            counters: Counters::default(),
+        });
+        for n in 0..shared.options.workers {
+            let worker = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("clip-fetch-{n}"))
+                .spawn(move || worker.work());
+            if let Err(e) = spawned {
+                shared.shutdown();
+                return Err(FetchError::Thread(Arc::new(e)));
+            }
+        }
+        Ok(shared)
+    }
+
+    /// Stops the workers after their current job; queued jobs are dropped (their claims wake
+    /// their waiters with `Cancelled`).
+    pub(crate) fn shutdown(&self) {
+        let dropped = {
+            let mut q = lock(&self.queue);
+            q.shutdown = true;
+            let mut jobs: Vec<Job> = q.demand.drain(..).collect();
+            jobs.extend(q.readahead.drain(..));
+            jobs
+        };
+        self.queue_ready.notify_all();
+        self.queue_idle.notify_all();
+        drop(dropped);
+    }
+
+    fn layer(&self, layer: u32) -> Result<&LayerState, FetchError> {
+        usize::try_from(layer)
+            .ok()
+            .and_then(|i| self.layers.get(i))
+            .ok_or_else(|| clip_archive::ArchiveError::NoSuchLayer(layer).into())
+    }
+
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.options.read_timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+            .unwrap_or(now)
+    }
+
+    pub(crate) fn stats(&self) -> FetchStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FetchStats {
+            registry_requests: get(&c.registry_requests),
+            bytes_fetched: get(&c.bytes_fetched),
+            spans_fetched: get(&c.spans_fetched),
+            cache_hits: get(&c.cache_hits),
+            cache_misses: get(&c.cache_misses),
+            verify_failures: get(&c.verify_failures),
+            fetch_errors: get(&c.fetch_errors),
+            readahead_spans: get(&c.readahead_spans),
+            timeouts: get(&c.timeouts),
+            cache_corrupt: get(&c.cache_corrupt),
+        }
+    }
+
+    /// The spans covering `[start, end)` (`start < end <= size`), in order.
+    fn map_spans(
+        &self,
+        l: &LayerState,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(usize, SpanInfo)>, FetchError> {
+        let mut out = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            let corrupt = |detail: String| -> FetchError {
+                clip_archive::ArchiveError::Corrupt {
+                    section: "spans",
+                    detail: format!("layer {}: {detail}", l.index),
+                }
+                .into()
+            };
+            let i = l
+                .spans
+                .find(pos)
+                .ok_or_else(|| corrupt(format!("no span covers uncompressed offset {pos}")))?;
+            let info = l.spans.get(i)?;
+            if !(info.uncompressed_offset <= pos && pos < info.uncompressed_end) {
+                return Err(corrupt(format!(
+                    "span {i} ({}..{}) was found for offset {pos}",
+                    info.uncompressed_offset, info.uncompressed_end
+                )));
+            }
+            out.push((i, info));
+            pos = info.uncompressed_end;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn read_at(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, FetchError> {
+        let l = self.layer(layer)?;
+        let size = l.uncompressed_size;
+        if offset > size {
+            return Err(FetchError::OutOfRange {
+                layer,
+                offset,
+                size,
+            });
+        }
+        let len = (buf.len() as u64).min(size - offset);
+        if len == 0 {
+            return Ok(0);
+        }
+        let end = offset + len;
+        let spans = self.map_spans(l, offset, end)?;
+        if let Some(&(last, _)) = spans.last() {
+            self.note_access(l, offset, end, last);
+        }
+        let deadline = self.deadline();
+        let mut retried = false;
+        loop {
+            let (parts, readies) = self.obtain(l, &spans, deadline)?;
+            match self.copy_out(l, &parts, &readies, offset, end, buf) {
+                Ok(()) => return Ok(len as usize),
+                // A cache file went bad under us (truncated by someone): it was invalidated,
+                // so one more round fetches the span again.
+                Err(e) if !retried => {
+                    tracing::warn!(layer = %l.digest, error = %e, "cached span unreadable; fetching it again");
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn copy_out(
+        &self,
+        l: &LayerState,
+        parts: &[Part],
+        readies: &[Ready],
+        offset: u64,
+        end: u64,
+        buf: &mut [u8],
+    ) -> Result<(), FetchError> {
+        for (part, ready) in parts.iter().zip(readies) {
+            let info = &part.info;
+            let from = offset.max(info.uncompressed_offset);
+            let to = end.min(info.uncompressed_end);
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            let rel = from - info.uncompressed_offset;
+            match ready {
+                Ready::File(file) => {
+                    if let Err(e) = file.read_exact_at(dst, HEADER_LEN + rel) {
+                        let path = l.span_path(info);
+                        self.cache
+                            .invalidate((l.index, part.span), l.entry(part.span));
+                        return Err(FetchError::cache(path, e));
+                    }
+                }
+                Ready::Memory(bytes) => {
+                    let src = usize::try_from(rel)
+                        .ok()
+                        .and_then(|r| bytes.get(r..r + dst.len()))
+                        .ok_or(FetchError::LengthMismatch {
+                            layer_digest: l.digest.to_string(),
+                            span: part.span,
+                            expected: span_len(info),
+                            found: bytes.len() as u64,
+                        })?;
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers where reads of a layer end and schedules readahead for sequential ones.
+    fn note_access(&self, l: &LayerState, offset: u64, end: u64, last_span: usize) {
+        let ahead = self.options.readahead_spans;
+        if ahead == 0 {
+            return;
+        }
+        let previous_end = l.last_end.swap(end, Ordering::Relaxed);
+        if previous_end != offset {
+            l.readahead_next.store(0, Ordering::Relaxed);
+            return;
+        }
+        // Top the window up only when half of it is used, so that readahead fetches come in
+        // batches (coalesced into fewer requests) rather than one span at a time.
+        let next = l.readahead_next.load(Ordering::Relaxed);
+        if next.saturating_sub(last_span + 1) > ahead / 2 {
+            return;
+        }
+        let from = (last_span + 1).max(next);
+        let to = last_span
+            .saturating_add(1)
+            .saturating_add(ahead)
+            .min(l.spans.len());
+        if from >= to {
+            return;
+        }
+        l.readahead_next.fetch_max(to, Ordering::Relaxed);
+        let mut q = lock(&self.queue);
+        if q.shutdown || q.readahead.len() >= MAX_QUEUED_READAHEAD {
+            return;
+        }
+        q.readahead.push_back(Job::Readahead {
+            layer: l.index,
+            spans: from..to,
+        });
+        drop(q);
+        self.queue_ready.notify_one();
+    }
+
+    /// Gets every span of a read ready: from the cache, or by claiming and fetching it, or by
+    /// waiting for whoever is fetching it.
+    fn obtain(
+        &self,
+        l: &LayerState,
+        spans: &[(usize, SpanInfo)],
+        deadline: Instant,
+    ) -> Result<(Vec<Part>, Vec<Ready>), FetchError> {
+        let mut parts = Vec::with_capacity(spans.len());
+        let mut ready: Vec<Option<Ready>> = Vec::with_capacity(spans.len());
+        let mut waits: Vec<(usize, usize, Arc<Flight>)> = Vec::new();
+        let mut run: Vec<(SpanInfo, Claim)> = Vec::new();
+        for (k, &(i, info)) in spans.iter().enumerate() {
+            if let Some(r) = self.lookup_cached(l, i, &info) {
+                bump(&self.counters.cache_hits, 1);
+                parts.push(Part { span: i, info });
+                ready.push(Some(r));
+                self.submit(l, &mut run, false);
+                continue;
+            }
+            bump(&self.counters.cache_misses, 1);
+            parts.push(Part { span: i, info });
+            ready.push(None);
+            match self.flights.claim((l.index, i), &l.digest) {
+                Claimed::Owner(claim) => {
+                    waits.push((k, i, claim.flight()));
+                    if !self.can_join(l, &run, i, &info) {
+                        self.submit(l, &mut run, false);
+                    }
+                    run.push((info, claim));
+                }
+                Claimed::Waiter(flight) => {
+                    waits.push((k, i, flight));
+                    self.submit(l, &mut run, false);
+                }
+            }
+        }
+        self.submit(l, &mut run, false);
+        for (k, span, flight) in waits {
+            match flight.wait(deadline) {
+                Some(Ok(r)) => ready[k] = Some(r),
+                Some(Err(e)) => return Err(e),
+                None => {
+                    bump(&self.counters.timeouts, 1);
+                    tracing::warn!(layer = %l.digest, span, timeout = ?self.options.read_timeout,
+                        "read timed out waiting for a span");
+                    return Err(FetchError::Timeout {
+                        layer_digest: l.digest.to_string(),
+                        span,
+                        after: self.options.read_timeout,
+                    });
+                }
+            }
+        }
+        let readies = ready.into_iter().flatten().collect::<Vec<_>>();
+        if readies.len() != parts.len() {
+            // Unreachable: every part was filled by a hit or a wait.
+            return Err(FetchError::Cancelled {
+                layer_digest: l.digest.to_string(),
+                span: parts.first().map_or(0, |p| p.span),
+            });
+        }
+        Ok((parts, readies))
+    }
+
+    /// Whether span `i` can join `run` in one Range request.
+    fn can_join(
+        &self,
+        l: &LayerState,
+        run: &[(SpanInfo, Claim)],
+        i: usize,
+        info: &SpanInfo,
+    ) -> bool {
+        let (Some((first, _)), Some((last, last_claim))) = (run.first(), run.last()) else {
+            return false;
+        };
+        last_claim.span().checked_add(1) == Some(i)
+            && !self.streams(l, first)
+            && !self.streams(l, last)
+            && !self.streams(l, info)
+            && info
+                .compressed_end
+                .max(last.compressed_end)
+                .saturating_sub(first.compressed_offset)
+                <= self.options.max_request_bytes
+    }
+
+    /// Whether a span is streamed into the cache rather than decoded in memory.
+    fn streams(&self, l: &LayerState, info: &SpanInfo) -> bool {
+        l.compression != Compression::Gzip
+            && (span_len(info) > MAX_BUFFERED_OUTPUT
+                || info.compressed_end - info.compressed_offset > self.options.max_request_bytes)
+    }
+
+    /// Hands a run of claims to the workers.
+    fn submit(&self, l: &LayerState, run: &mut Vec<(SpanInfo, Claim)>, readahead: bool) {
+        if run.is_empty() {
+            return;
+        }
+        let claims = std::mem::take(run);
+        let job = Job::Fetch {
+            layer: l.index,
+            claims,
+            readahead,
+        };
+        let mut q = lock(&self.queue);
+        if q.shutdown {
+            return; // dropping the job cancels its claims
+        }
+        q.demand.push_back(job);
+        drop(q);
+        self.queue_ready.notify_one();
+    }
+
+    /// A verified cache entry for the span, if there is one.
+    fn lookup_cached(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Option<Ready> {
+        let key: Key = (l.index, i);
+        let state = l.entry(i);
+        if let Some(file) = self.cache.open_entry(key, state) {
+            return Some(Ready::File(file));
+        }
+        let path = l.span_path(info);
+        let source = || self.source_of(l, i, info).ok();
+        match self
+            .cache
+            .lookup(key, &path, span_len(info), state, &source)
+        {
+            Lookup::Hit(file) => Some(Ready::File(file)),
+            Lookup::Miss => None,
+            Lookup::Corrupt(problem) => {
+                bump(&self.counters.cache_corrupt, 1);
+                tracing::error!(layer = %l.digest, span = i, path = %path.display(), %problem,
+                    "corrupt cache entry deleted; fetching the span again");
+                None
+            }
+        }
+    }
+
+    fn window(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Result<Vec<u8>, FetchError> {
+        if info.has_window {
+            Ok(self.archive.window(l.index, i)?)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    fn source_of(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Result<[u8; 32], FetchError> {
+        let window = self.window(l, i, info)?;
+        Ok(cache::source_id(
+            l.compression,
+            &info.digest,
+            info.bits,
+            &window,
+        ))
+    }
+
+    pub(crate) fn prefetch(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
+        let l = self.layer(layer)?;
+        let end = range.end.min(l.uncompressed_size);
+        if range.start >= end {
+            return Ok(());
+        }
+        let spans = self.map_spans(l, range.start, end)?;
+        let deadline = self.deadline();
+        // In batches, so that a huge range does not claim (and queue) everything at once.
+        for batch in spans.chunks(64) {
+            self.obtain(l, batch, deadline)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn cached_extent(
+        &self,
+        layer: u32,
+        offset: u64,
+        len: u64,
+    ) -> Option<(std::fs::File, u64)> {
+        let l = self.layer(layer).ok()?;
+        let i = l.spans.find(offset)?;
+        let info = l.spans.get(i).ok()?;
+        if offset < info.uncompressed_offset || offset.checked_add(len)? > info.uncompressed_end {
+            return None;
+        }
+        let Ready::File(file) = self.lookup_cached(l, i, &info)? else {
+            return None;
+        };
+        let file = file.try_clone().ok()?;
+        Some((file, HEADER_LEN + (offset - info.uncompressed_offset)))
+    }
+
+    pub(crate) fn check_registry(&self) -> Result<(), FetchError> {
+        let Some(l) = self.layers.iter().find(|l| l.compressed_size > 0) else {
+            return Ok(());
+        };
+        bump(&self.counters.registry_requests, 1);
+        let bytes = self
+            .client
+            .fetch_range(&self.reference, &l.digest, 0..1)
+            .map_err(|e| FetchError::Registry {
+                layer_digest: l.digest.to_string(),
+                span: None,
+                source: Arc::new(e),
+            })?;
+        bump(&self.counters.bytes_fetched, bytes.len() as u64);
+        Ok(())
+    }
+
+    // ---- background workers -------------------------------------------------------------
+
+    fn work(self: Arc<Self>) {
+        loop {
+            let job = {
+                let mut q = lock(&self.queue);
+                loop {
+                    if q.shutdown {
+                        return;
+                    }
+                    if let Some(job) = q.demand.pop_front().or_else(|| q.readahead.pop_front()) {
+                        q.running += 1;
+                        break job;
+                    }
+                    q = self.queue_ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            // Counted as running until it is over, even if it unwinds.
+            let _running = Running(&self);
+            self.run_job(job);
+        }
+    }
+
+    /// Waits until no background job is queued or running, at most `timeout`.
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut q = lock(&self.queue);
+        while !q.is_idle() && !q.shutdown {
+            let now = Instant::now();
+            let left = match deadline {
+                Some(d) if d <= now => return false,
+                Some(d) => d - now,
+                None => Duration::from_secs(3600),
+            };
+            q = self
+                .queue_idle
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        q.is_idle()
+    }
+
+    fn run_job(&self, job: Job) {
+        match job {
+            Job::Fetch {
+                layer,
+                claims,
+                readahead,
+            } => {
+                let Ok(l) = self.layer(layer) else {
+                    return; // claims dropped: waiters see Cancelled
+                };
+                // A fetch that finished between the reader's cache lookup and its claim has
+                // published the span already: take it from the cache.
+                let mut runs: Vec<Vec<(SpanInfo, Claim)>> = vec![Vec::new()];
+                for (info, claim) in claims {
+                    if let Some(r) = self.lookup_cached(l, claim.span(), &info) {
+                        claim.complete(Ok(r));
+                        runs.push(Vec::new());
+                    } else if let Some(run) = runs.last_mut() {
+                        run.push((info, claim));
+                    }
+                }
+                for run in runs.into_iter().filter(|r| !r.is_empty()) {
+                    self.fetch_run(l, run, readahead);
+                }
+            }
+            Job::Readahead { layer, spans } => {
+                let Ok(l) = self.layer(layer) else {
+                    return;
+                };
+                let mut runs: Vec<Vec<(SpanInfo, Claim)>> = Vec::new();
+                let mut run: Vec<(SpanInfo, Claim)> = Vec::new();
+                for i in spans {
+                    let Ok(info) = l.spans.get(i) else {
+                        break;
+                    };
+                    if span_len(&info) == 0 || self.cache.exists((l.index, i), &l.span_path(&info))
+                    {
+                        runs.push(std::mem::take(&mut run));
+                        continue;
+                    }
+                    let Some(claim) = self.flights.try_claim((l.index, i), &l.digest) else {
+                        runs.push(std::mem::take(&mut run));
+                        continue;
+                    };
+                    // Published between the check and the claim?
+                    if let Some(r) = self.lookup_cached(l, i, &info) {
+                        claim.complete(Ok(r));
+                        runs.push(std::mem::take(&mut run));
+                        continue;
+                    }
+                    if !self.can_join(l, &run, i, &info) {
+                        runs.push(std::mem::take(&mut run));
+                    }
+                    run.push((info, claim));
+                }
+                runs.push(run);
+                for run in runs.into_iter().filter(|r| !r.is_empty()) {
+                    self.fetch_run(l, run, true);
+                }
+            }
+        }
+    }
+
+    /// Fetches a run of neighbouring claimed spans and completes every claim.
+    fn fetch_run(&self, l: &LayerState, run: Vec<(SpanInfo, Claim)>, readahead: bool) {
+        if run.len() == 1 && self.streams(l, &run[0].0) {
+            for (info, claim) in run {
+                let result = self.stream_span(l, claim.span(), &info);
+                self.complete(l, claim, result, readahead);
+            }
+            return;
+        }
+        if let [(info, _)] = run.as_slice() {
+            // One gzip span is fetched and inflated in memory whatever its size: refuse
+            // absurd ones before asking for (and allocating) them.
+            let size = span_len(info).max(info.compressed_end - info.compressed_offset);
+            if l.compression == Compression::Gzip && size > MAX_GZIP_SPAN {
+                for (_, claim) in run {
+                    let error = FetchError::SpanTooLarge {
+                        layer_digest: l.digest.to_string(),
+                        span: claim.span(),
+                        size,
+                        limit: MAX_GZIP_SPAN,
+                    };
+                    self.complete(l, claim, Err(error), readahead);
+                }
+                return;
+            }
+        }
+        let start = run
+            .iter()
+            .map(|(s, _)| s.compressed_offset)
+            .min()
+            .unwrap_or(0);
+        let end = run.iter().map(|(s, _)| s.compressed_end).max().unwrap_or(0);
+        tracing::debug!(layer = %l.digest, spans = ?run.first().map(|(_, c)| c.span())..run.last().map(|(_, c)| c.span() + 1),
+            bytes = end - start, readahead, "fetching spans");
+        let fetched = if start < end {
+            bump(&self.counters.registry_requests, 1);
+            self.client
+                .fetch_range(&self.reference, &l.digest, start..end)
+        } else {
+            Ok(Vec::new())
+        };
+        let bytes = match fetched {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(layer = %l.digest, error = %e, "span fetch failed");
+                let source = Arc::new(e);
+                for (_, claim) in run {
+                    let error = FetchError::Registry {
+                        layer_digest: l.digest.to_string(),
+                        span: Some(claim.span()),
+                        source: source.clone(),
+                    };
+                    self.complete(l, claim, Err(error), readahead);
+                }
+                return;
+            }
+        };
+        bump(&self.counters.bytes_fetched, bytes.len() as u64);
+        for (info, claim) in run {
+            let slice = usize::try_from(info.compressed_offset - start)
+                .ok()
+                .zip(usize::try_from(info.compressed_end - start).ok())
+                .and_then(|(a, b)| bytes.get(a..b));
+            let result = match slice {
+                Some(compressed) => self.finish_span(l, claim.span(), &info, compressed),
+                None => Err(FetchError::Registry {
+                    layer_digest: l.digest.to_string(),
+                    span: Some(claim.span()),
+                    source: Arc::new(RegistryError::Protocol {
+                        url: l.digest.to_string(),
+                        detail: format!(
+                            "asked for {} bytes at {start}, got {}",
+                            end - start,
+                            bytes.len()
+                        ),
+                    }),
+                }),
+            };
+            self.complete(l, claim, result, readahead);
+        }
+    }
+
+    fn complete(
+        &self,
+        l: &LayerState,
+        claim: Claim,
+        result: Result<Ready, FetchError>,
+        readahead: bool,
+    ) {
+        match &result {
+            Ok(_) => {
+                bump(&self.counters.spans_fetched, 1);
+                if readahead {
+                    bump(&self.counters.readahead_spans, 1);
+                }
+            }
+            Err(e) => {
+                bump(&self.counters.fetch_errors, 1);
+                tracing::debug!(layer = %l.digest, span = claim.span(), error = %e, "span not fetched");
+            }
+        }
+        claim.complete(result);
+    }
+
+    fn digest_mismatch(
+        &self,
+        l: &LayerState,
+        i: usize,
+        info: &SpanInfo,
+        found: [u8; 32],
+    ) -> FetchError {
+        bump(&self.counters.verify_failures, 1);
+        let expected = hex::encode(info.digest);
+        let found = hex::encode(found);
+        tracing::error!(layer = %l.digest, span = i, %expected, %found,
+            "span digest mismatch: the registry sent other bytes than the index names; refusing them");
+        FetchError::DigestMismatch {
+            layer_digest: l.digest.to_string(),
+            span: i,
+            expected,
+            found,
+        }
+    }
+
+    /// Verifies, decodes and caches one span from its compressed bytes.
+    fn finish_span(
+        &self,
+        l: &LayerState,
+        i: usize,
+        info: &SpanInfo,
+        compressed: &[u8],
+    ) -> Result<Ready, FetchError> {
+        let found: [u8; 32] = Sha256::digest(compressed).into();
+        if found != info.digest {
+            return Err(self.digest_mismatch(l, i, info, found));
+        }
+        let len = span_len(info);
+        let too_large = || FetchError::SpanTooLarge {
+            layer_digest: l.digest.to_string(),
+            span: i,
+            size: len,
+            limit: MAX_GZIP_SPAN,
+        };
+        let out_len = usize::try_from(len).map_err(|_| too_large())?;
+        let window = self.window(l, i, info)?;
+        let output: Cow<'_, [u8]> = match l.compression {
+            Compression::None => Cow::Borrowed(compressed),
+            Compression::Gzip => {
+                if len > MAX_GZIP_SPAN {
+                    return Err(too_large());
+                }
+                Cow::Owned(
+                    clip_zran::inflate_span(info.bits, &window, compressed, out_len).map_err(
+                        |e| FetchError::Inflate {
+                            layer_digest: l.digest.to_string(),
+                            span: i,
+                            source: Arc::new(e),
+                        },
+                    )?,
+                )
+            }
+            Compression::Zstd => {
+                Cow::Owned(zstd::bulk::decompress(compressed, out_len).map_err(|e| {
+                    FetchError::Decode {
+                        layer_digest: l.digest.to_string(),
+                        span: i,
+                        detail: e.to_string(),
+                    }
+                })?)
+            }
+        };
+        if output.len() as u64 != len {
+            return Err(FetchError::LengthMismatch {
+                layer_digest: l.digest.to_string(),
+                span: i,
+                expected: len,
+                found: output.len() as u64,
+            });
+        }
+        let source = cache::source_id(l.compression, &info.digest, info.bits, &window);
+        match self.store(l, i, info, &output, source) {
+            Ok(file) => Ok(Ready::File(file)),
+            Err(e) => {
+                tracing::warn!(layer = %l.digest, span = i, error = %e,
+                    "cannot cache a span; serving it from memory");
+                Ok(Ready::Memory(Arc::from(output.into_owned())))
+            }
+        }
+    }
+
+    fn store(
+        &self,
+        l: &LayerState,
+        i: usize,
+        info: &SpanInfo,
+        data: &[u8],
+        source: [u8; 32],
+    ) -> Result<Arc<std::fs::File>, FetchError> {
+        let path = l.span_path(info);
+        let mut writer = self.cache.writer(&l.dir, &path)?;
+        writer.write_all(data)?;
+        self.cache.publish(writer, (l.index, i), source, l.entry(i))
+    }
+
+    /// Streams a large zstd or uncompressed span from the registry through the hasher and the
+    /// decoder into a cache temp file; publishes it once the digest matched.
+    fn stream_span(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Result<Ready, FetchError> {
+        let len = span_len(info);
+        let registry_error = |source: RegistryError| FetchError::Registry {
+            layer_digest: l.digest.to_string(),
+            span: Some(i),
+            source: Arc::new(source),
+        };
+        tracing::debug!(layer = %l.digest, span = i, bytes = info.compressed_end - info.compressed_offset,
+            "streaming a large span");
+        let whole_blob = info.compressed_offset == 0 && info.compressed_end == l.compressed_size;
+        let source: Box<dyn Read + Send + '_> = if whole_blob {
+            bump(&self.counters.registry_requests, 1);
+            Box::new(
+                self.client
+                    .blob_reader(&self.reference, &l.digest, l.compressed_size)
+                    .map_err(registry_error)?,
+            )
+        } else {
+            Box::new(RangeChunks {
+                shared: self,
+                digest: &l.digest,
+                pos: info.compressed_offset,
+                end: info.compressed_end,
+                buf: Vec::new(),
+                at: 0,
+            })
+        };
+        let failure = RefCell::new(None::<RegistryError>);
+        let mut hashing = HashingReader {
+            inner: source,
+            hasher: Sha256::new(),
+            count: 0,
+            failure: &failure,
+        };
+        let path = l.span_path(info);
+        let mut writer = self.cache.writer(&l.dir, &path)?;
+        let decode_error = |detail: String| FetchError::Decode {
+            layer_digest: l.digest.to_string(),
+            span: i,
+            detail,
+        };
+
+        let copied: Result<(), FetchError> = {
+            let mut copy = |reader: &mut dyn Read| -> Result<(), FetchError> {
+                let mut buf = vec![0u8; STREAM_CHUNK];
+                loop {
+                    let n = match reader.read(&mut buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(decode_error(e.to_string())),
+                    };
+                    if writer.written() + n as u64 > len {
+                        return Err(FetchError::LengthMismatch {
+                            layer_digest: l.digest.to_string(),
+                            span: i,
+                            expected: len,
+                            found: writer.written() + n as u64,
+                        });
+                    }
+                    writer.write_all(&buf[..n])?;
+                }
+            };
+            match l.compression {
+                Compression::Zstd => match zstd::stream::read::Decoder::new(&mut hashing) {
+                    Ok(mut decoder) => copy(&mut decoder),
+                    Err(e) => Err(decode_error(e.to_string())),
+                },
+                Compression::None | Compression::Gzip => copy(&mut hashing),
+            }
+        };
+        // Read whatever the decoder left (a whole blob is verified by the client at its end,
+        // and a mismatch is better reported than a decode error).
+        let drained = if failure.borrow().is_some() {
+            Ok(0)
+        } else {
+            io::copy(&mut hashing, &mut io::sink())
+        };
+        bump(&self.counters.bytes_fetched, hashing.count);
+        let complete = hashing.count == info.compressed_end - info.compressed_offset;
+        let found: [u8; 32] = hashing.hasher.finalize().into();
+        let failure = failure.borrow_mut().take();
+        match failure {
+            Some(RegistryError::DigestMismatch { .. }) => {
+                return Err(self.digest_mismatch(l, i, info, found));
+            }
+            Some(e) => return Err(registry_error(e)),
+            None => {}
+        }
+        if let Err(e) = drained {
+            return Err(decode_error(e.to_string()));
+        }
+        if !complete || found != info.digest {
+            return Err(self.digest_mismatch(l, i, info, found));
+        }
+        copied?;
+        if writer.written() != len {
+            return Err(FetchError::LengthMismatch {
+                layer_digest: l.digest.to_string(),
+                span: i,
+                expected: len,
+                found: writer.written(),
+            });
+        }
+        let window = self.window(l, i, info)?;
+        let source = cache::source_id(l.compression, &info.digest, info.bits, &window);
+        let file = self
+            .cache
+            .publish(writer, (l.index, i), source, l.entry(i))?;
+        Ok(Ready::File(file))
+    }
+}
+
+/// Marks a worker's job as over when dropped.
+struct Running<'a>(&'a Shared);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.0.queue);
+        q.running = q.running.saturating_sub(1);
+        if q.is_idle() {
+            self.0.queue_idle.notify_all();
+        }
+    }
+}
+
+/// Hashes and counts what passes through; a registry failure underneath is kept aside (the
+/// decoder above only sees an I/O error).
+struct HashingReader<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    hasher: Sha256,
+    count: u64,
+    failure: &'a RefCell<Option<RegistryError>>,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.count += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let message = e.to_string();
+                let registry = match e
+                    .into_inner()
+                    .map(|inner| inner.downcast::<RegistryError>())
+                {
+                    Some(Ok(r)) => *r,
+                    Some(Err(other)) => RegistryError::Transport {
+                        url: String::new(),
+                        source: io::Error::other(other),
+                    },
+                    None => RegistryError::Transport {
+                        url: String::new(),
+                        source: io::Error::other(message.clone()),
+                    },
+                };
+                // The first failure is the one that matters (a failed stream only repeats
+                // that it failed).
+                self.failure.borrow_mut().get_or_insert(registry);
+                Err(io::Error::other(message))
+            }
+        }
+    }
+}
+
+/// A blob range as a stream of Range requests of at most `max_request_bytes` each.
+struct RangeChunks<'a> {
+    shared: &'a Shared,
+    digest: &'a str,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Read for RangeChunks<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.buf.len() {
+            if self.pos >= self.end {
+                return Ok(0);
+            }
+            let to = self
+                .pos
+                .saturating_add(self.shared.options.max_request_bytes)
+                .min(self.end);
+            bump(&self.shared.counters.registry_requests, 1);
+            self.buf = self
+                .shared
+                .client
+                .fetch_range(&self.shared.reference, self.digest, self.pos..to)
+                .map_err(io::Error::other)?;
+            self.at = 0;
+            if self.buf.len() as u64 != to - self.pos {
+                return Err(io::Error::other(RegistryError::Protocol {
+                    url: self.digest.to_string(),
+                    detail: format!("asked for {} bytes, got {}", to - self.pos, self.buf.len()),
+                }));
+            }
+            self.pos = to;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}

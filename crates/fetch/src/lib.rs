@@ -1,0 +1,298 @@
+//! Lazy, verified reads of layer bytes: the part of a clip mount that touches the network.
+//!
+//! # What this crate consumes and produces
+//!
+//! It **consumes** an opened `.clip` archive ([`clip_archive::Archive`]: the layer table and
+//! each layer's seek spans), a registry client ([`clip_registry::Client`] + the image
+//! [`clip_registry::Reference`]) and a cache directory. It **produces** verified bytes of a
+//! layer's *uncompressed tar stream*: [`Fetcher::read_at`]`(layer, offset, buf)`. It knows
+//! nothing of inodes, paths or FUSE: the filesystem core maps a file to `(layer, offset)` (the
+//! archive's data location) and asks for bytes.
+//!
+//! # How a read is served
+//!
+//! 1. **Span mapping.** The read is mapped to the spans that cover it (binary search in the
+//!    layer's span table).
+//! 2. **Cache.** Each span is looked up in the on-disk cache ([`cache`] documents the layout):
+//!    a hit is a `pread` of just the bytes asked for from an open, verified entry.
+//! 3. **Single flight.** A missing span is claimed in an in-flight map; a reader that finds the
+//!    span already claimed waits for that fetch (with [`FetchOptions::read_timeout`]) instead of
+//!    fetching it again. Failures reach every waiter and are not remembered: the next read tries
+//!    again.
+//! 4. **Fetch.** Neighbouring missing spans of one read are fetched with **one** HTTP Range
+//!    request (up to [`FetchOptions::max_request_bytes`]) on a background worker, then split
+//!    and **verified span by span** (sha256 of the compressed bytes against the span digest)
+//!    before anything is decoded: a mismatch is a [`FetchError::DigestMismatch`] and an error
+//!    log naming layer and span, never wrong bytes, never a cache entry. Verified bytes are
+//!    decoded (gzip: inflate from the span's checkpoint with `clip-zran`; zstd: decode the
+//!    span's whole frames; uncompressed: as they are), their length checked, and published to
+//!    the cache atomically. A zstd or uncompressed span too large to hold in memory (a
+//!    single-frame zstd layer is one span) is streamed through the hasher and the decoder
+//!    straight into the cache file, and published only once its digest matched.
+//! 5. **Readahead.** A read that starts where the previous read of the same layer ended looks
+//!    sequential: the next [`FetchOptions::readahead_spans`] spans are fetched in the
+//!    background, claimed through the same single-flight map.
+//!
+//! No lock is held across network or disk I/O: a slow fetch never blocks lookups or reads of
+//! cached spans. Memory use is bounded: span buffers are transient, at most 256 cache files are
+//! kept open, and nothing else is cached in memory.
+//!
+//! # Time bounds
+//!
+//! A read waits at most [`FetchOptions::read_timeout`] for its spans and then fails with
+//! [`FetchError::Timeout`] (`EIO`); the fetch itself goes on in the background and a later read
+//! may find the span cached. Transient registry failures are retried by the registry client
+//! under its own [`clip_registry::RetryPolicy`]: set `read_timeout` at least as long as that
+//! policy's `deadline` if a read should see the retries through rather than time out first.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use clip_archive::Archive;
+//! use clip_fetch::{Fetcher, FetchOptions};
+//! use clip_registry::{Client, ClientOptions, Reference};
+//!
+//! let bytes: &'static [u8] = Box::leak(std::fs::read("alpine.clip")?.into_boxed_slice());
+//! let archive = Arc::new(Archive::open(bytes)?);
+//! let reference: Reference = archive.meta().reference.parse()?;
+//! let client = Client::new(ClientOptions::default())?;
+//! let fetcher = Fetcher::new(archive.clone(), client, reference, FetchOptions::default())?;
+//! fetcher.check_registry()?;
+//!
+//! let ino = archive.resolve("/etc/os-release")?.expect("exists");
+//! let file = archive.inode(ino)?;
+//! let data = file.data().expect("a regular file with content");
+//! let mut buf = vec![0; file.size() as usize];
+//! let n = fetcher.read_at(data.layer, data.offset, &mut buf)?;
+//! println!("{}", String::from_utf8_lossy(&buf[..n]));
+//! println!("{:?}", fetcher.stats());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cache;
+mod error;
+mod fetcher;
+mod flight;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clip_archive::Archive;
+use clip_registry::{Client, Reference};
+
+pub use error::FetchError;
+
+/// Where the span cache lives and how large it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// The cache directory (created if missing); [`default_cache_dir`] by default.
+    pub dir: PathBuf,
+    /// Bound on the bytes of the cache files; past it the least recently used are evicted down
+    /// to 90 % of it. Default 10 GiB.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            dir: default_cache_dir(),
+            max_bytes: 10 << 30,
+        }
+    }
+}
+
+/// The default cache directory: `/var/cache/clip` for root; otherwise `$XDG_CACHE_HOME/clip`,
+/// else `~/.cache/clip`, else `clip-cache-<uid>` in the temp directory.
+pub fn default_cache_dir() -> PathBuf {
+    let uid = effective_uid();
+    if uid == Some(0) {
+        return PathBuf::from("/var/cache/clip");
+    }
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").and_then(absolute) {
+        return xdg.join("clip");
+    }
+    if let Some(home) = std::env::var_os("HOME").and_then(absolute) {
+        return home.join(".cache").join("clip");
+    }
+    std::env::temp_dir().join(format!("clip-cache-{}", uid.unwrap_or(u32::MAX)))
+}
+
+/// The effective uid, without `unsafe`: `/proc/self` belongs to it.
+fn effective_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(Path::new("/proc/self"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+/// How a [`Fetcher`] fetches and caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// The span cache.
+    pub cache: CacheOptions,
+    /// Longest time one read waits for its spans; past it the read fails with
+    /// [`FetchError::Timeout`] (the mount answers `EIO` and stays up). Default 30 s. Keep it at
+    /// least the registry client's retry deadline for reads to outlast retries.
+    pub read_timeout: Duration,
+    /// Spans fetched ahead in the background when reads of a layer look sequential. Default 4;
+    /// 0 disables readahead.
+    pub readahead_spans: usize,
+    /// Most compressed bytes one Range request may cover when neighbouring spans are
+    /// coalesced. Default 8 MiB.
+    pub max_request_bytes: u64,
+    /// Background fetch threads: they bound concurrent registry requests. Default 4.
+    pub workers: usize,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            cache: CacheOptions::default(),
+            read_timeout: Duration::from_secs(30),
+            readahead_spans: 4,
+            max_request_bytes: 8 << 20,
+            workers: 4,
+        }
+    }
+}
+
+/// Counters of a [`Fetcher`] since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FetchStats {
+    /// Registry requests made (Range requests and whole-blob streams; the client's own retries
+    /// not counted).
+    pub registry_requests: u64,
+    /// Compressed bytes received from the registry.
+    pub bytes_fetched: u64,
+    /// Spans fetched, verified, decoded (and cached).
+    pub spans_fetched: u64,
+    /// Spans a read found in the cache.
+    pub cache_hits: u64,
+    /// Spans a read did not find in the cache (fetched, or waited for).
+    pub cache_misses: u64,
+    /// Spans whose fetched bytes did not match their digest.
+    pub verify_failures: u64,
+    /// Span fetches that failed (digest mismatches included).
+    pub fetch_errors: u64,
+    /// Spans fetched by readahead (also counted in `spans_fetched`).
+    pub readahead_spans: u64,
+    /// Reads that gave up waiting after `read_timeout`.
+    pub timeouts: u64,
+    /// Cache entries found corrupt (deleted and fetched again).
+    pub cache_corrupt: u64,
+}
+
+/// Serves verified bytes of the layers of one archive. `Send + Sync`; share it by reference
+/// or in an `Arc`. Dropping it cancels queued background fetches (a fetch under way finishes
+/// on its thread).
+pub struct Fetcher {
+    shared: Arc<fetcher::Shared>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    /// A fetcher for `archive`'s layers, read from `reference`'s repository with `client`.
+    /// Creates the cache directory and starts the background threads; does not touch the
+    /// network (see [`Fetcher::check_registry`]).
+    pub fn new(
+        archive: Arc<Archive<'static>>,
+        client: Client,
+        reference: Reference,
+        options: FetchOptions,
+    ) -> Result<Fetcher, FetchError> {
+        Ok(Fetcher {
+            shared: fetcher::Shared::start(archive, client, reference, options)?,
+        })
+    }
+
+    /// Reads `buf.len()` bytes (fewer at the end of the layer) at `offset` of layer `layer`'s
+    /// uncompressed stream; returns how many. `offset` equal to the layer size reads 0 bytes.
+    pub fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, FetchError> {
+        self.shared.read_at(layer, offset, buf)
+    }
+
+    /// Makes sure every span covering `range` of the layer's uncompressed stream is in the
+    /// cache (fetching what is missing, coalesced), without copying bytes anywhere.
+    pub fn prefetch(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
+        self.shared.prefetch(layer, range)
+    }
+
+    /// If `[offset, offset + len)` of the layer lies entirely inside one cached span, an open
+    /// handle on that cache file and the file offset of `offset` in it (for FUSE passthrough or
+    /// `splice`). Never fetches; `None` when not cached.
+    pub fn cached_extent(&self, layer: u32, offset: u64, len: u64) -> Option<(std::fs::File, u64)> {
+        self.shared.cached_extent(layer, offset, len)
+    }
+
+    /// Waits until no background fetch (readahead included) is queued or running, at most
+    /// `timeout`; returns whether that is the case. For warm-up and tests.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        self.shared.wait_idle(timeout)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> FetchStats {
+        self.shared.stats()
+    }
+
+    /// One cheap request (one byte of the first non-empty layer blob), so that a mount can fail
+    /// early with a clear message when the registry is unreachable or refuses us.
+    pub fn check_registry(&self) -> Result<(), FetchError> {
+        self.shared.check_registry()
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.shared.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetcher_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Fetcher>();
+    }
+
+    #[test]
+    fn default_cache_dir_is_absolute() {
+        let dir = default_cache_dir();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert!(dir.ends_with("clip") || dir.to_string_lossy().contains("clip-cache-"));
+    }
+
+    #[test]
+    fn stats_serialize_with_their_field_names() {
+        let json = serde_json::to_value(FetchStats::default()).unwrap();
+        for field in [
+            "registry_requests",
+            "bytes_fetched",
+            "spans_fetched",
+            "cache_hits",
+            "cache_misses",
+            "verify_failures",
+            "fetch_errors",
+            "readahead_spans",
+            "timeouts",
+        ] {
+            assert_eq!(json[field], 0, "{field}");
+        }
+    }
+}

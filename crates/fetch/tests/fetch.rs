@@ -1,0 +1,778 @@
+//! The fetcher against a real registry: images built by the test kit, pushed to a loopback
+//! CNCF Distribution, indexed by the real indexer, then read through `Fetcher` and compared
+//! byte for byte with the layers' tar streams.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clip_archive::Archive;
+use clip_fetch::{CacheOptions, FetchError, FetchOptions, Fetcher};
+use clip_indexer::{index_image, IndexOptions, Silent};
+use clip_registry::{Client, ClientOptions, Platform, Reference, RetryPolicy};
+use clip_testkit::{
+    big_text_layer, Compression, Image, Layer, LayerOptions, ManifestFlavor, Registry,
+};
+use tempfile::TempDir;
+
+/// Span size of the test indexes: small, so that a few MB make many spans.
+const SPAN: u64 = 64 * 1024;
+
+struct Setup {
+    registry: Registry,
+    archive: Arc<Archive<'static>>,
+    reference: Reference,
+    /// Per layer: the uncompressed tar.
+    tars: Vec<Vec<u8>>,
+    /// Per layer: the blob digest.
+    digests: Vec<String>,
+    cache: TempDir,
+}
+
+/// About `bytes` of compressible text plus two incompressible files.
+fn fixture(bytes: u64, seed: u64) -> String {
+    let mut text = big_text_layer(bytes, seed);
+    text.push_str("/rand dir 0755 0 0\n");
+    for i in 0..2 {
+        text.push_str(&format!(
+            "/rand/{i}.bin file 0644 0 0 size=150000 seed={}\n",
+            seed * 10 + i
+        ));
+    }
+    text
+}
+
+fn layer(compression: Compression, bytes: u64, seed: u64) -> Layer {
+    Layer::from_fixture_with(
+        &fixture(bytes, seed),
+        &LayerOptions::default().compression(compression),
+    )
+}
+
+fn client() -> Client {
+    Client::new(ClientOptions::default()).unwrap()
+}
+
+fn setup(layers: Vec<Layer>, tag: &str) -> Setup {
+    let registry = Registry::start();
+    let tars = layers.iter().map(|l| l.tar().to_vec()).collect();
+    let mut image = Image::new();
+    for l in layers {
+        image = image.layer(l);
+    }
+    let pushed = image.push(&registry, tag, ManifestFlavor::Oci);
+    let reference: Reference = format!("{}/{tag}", registry.addr()).parse().unwrap();
+    let options = IndexOptions {
+        platform: "linux/amd64".parse::<Platform>().unwrap(),
+        span: SPAN,
+        jobs: 2,
+    };
+    let indexed = index_image(&client(), &reference, &options, &Silent).unwrap();
+    let bytes: &'static [u8] = Box::leak(indexed.archive.into_boxed_slice());
+    let archive = Arc::new(Archive::open(bytes).unwrap());
+    Setup {
+        registry,
+        archive,
+        reference,
+        tars,
+        digests: pushed.layers.iter().map(|l| l.digest.clone()).collect(),
+        cache: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Setup {
+    fn options(&self) -> FetchOptions {
+        FetchOptions {
+            cache: CacheOptions {
+                dir: self.cache.path().to_path_buf(),
+                max_bytes: 1 << 30,
+            },
+            ..FetchOptions::default()
+        }
+    }
+
+    fn fetcher(&self, options: FetchOptions) -> Fetcher {
+        Fetcher::new(
+            self.archive.clone(),
+            client(),
+            self.reference.clone(),
+            options,
+        )
+        .unwrap()
+    }
+
+    /// 206 answers for layer `layer`'s blob so far.
+    fn range_requests(&self, layer: usize) -> usize {
+        self.registry.range_requests_matching(&self.digests[layer])
+    }
+
+    fn span_count(&self, layer: u32) -> usize {
+        self.archive.spans(layer).unwrap().len()
+    }
+
+    /// Uncompressed range of span `i` of `layer`.
+    fn span_range(&self, layer: u32, i: usize) -> (u64, u64) {
+        let s = self.archive.spans(layer).unwrap().get(i).unwrap();
+        (s.uncompressed_offset, s.uncompressed_end)
+    }
+
+    /// Spans touched by reading `[offset, offset + len)` of `layer`.
+    fn spans_of(&self, layer: u32, offset: u64, len: u64) -> Vec<usize> {
+        let spans = self.archive.spans(layer).unwrap();
+        let size = self.tars[layer as usize].len() as u64;
+        let end = (offset + len).min(size);
+        let (first, last) = (spans.find(offset).unwrap(), spans.find(end - 1).unwrap());
+        (first..=last).collect()
+    }
+}
+
+/// xorshift: deterministic "random" offsets.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn read(fetcher: &Fetcher, layer: u32, offset: u64, len: usize) -> Result<Vec<u8>, FetchError> {
+    let mut buf = vec![0u8; len];
+    let n = fetcher.read_at(layer, offset, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert!(
+        got == want,
+        "{what}: {} bytes read differ from the tar's {} bytes",
+        got.len(),
+        want.len()
+    );
+}
+
+/// Random reads all over the layer, then the whole stream in 1 MiB reads.
+fn check_reads(compression: Compression, tweak: impl FnOnce(&mut FetchOptions)) -> Setup {
+    let setup = setup(vec![layer(compression, 2_500_000, 5)], "fetch:reads");
+    let tar = &setup.tars[0];
+    let size = tar.len() as u64;
+    assert_eq!(setup.archive.layers()[0].uncompressed_size, size);
+    let mut options = setup.options();
+    tweak(&mut options);
+    let fetcher = setup.fetcher(options);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for _ in 0..150 {
+        let offset = rng.below(size);
+        let len = 1 + rng.below(200_000) as usize;
+        let got = read(&fetcher, 0, offset, len).unwrap();
+        let end = (offset as usize + len).min(tar.len());
+        assert_same(
+            &got,
+            &tar[offset as usize..end],
+            &format!("read {len} at {offset}"),
+        );
+    }
+    let mut whole = Vec::with_capacity(tar.len());
+    loop {
+        let chunk = read(&fetcher, 0, whole.len() as u64, 1 << 20).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        whole.extend_from_slice(&chunk);
+    }
+    assert_same(&whole, tar, "the whole stream");
+    assert!(read(&fetcher, 0, size, 10).unwrap().is_empty());
+    assert!(matches!(
+        read(&fetcher, 0, size + 1, 10),
+        Err(FetchError::OutOfRange { .. })
+    ));
+    let stats = fetcher.stats();
+    assert_eq!(stats.fetch_errors, 0, "{stats:?}");
+    assert_eq!(stats.verify_failures, 0, "{stats:?}");
+    assert!(
+        stats.spans_fetched as usize <= setup.span_count(0),
+        "each span fetched once at most: {stats:?}"
+    );
+    setup
+}
+
+#[test]
+fn gzip_reads_equal_the_tar() {
+    let setup = check_reads(Compression::Gzip, |_| {});
+    assert!(setup.span_count(0) > 20, "{} spans", setup.span_count(0));
+}
+
+#[test]
+fn multi_member_gzip_reads_equal_the_tar() {
+    check_reads(Compression::GzipMultiMember(4), |_| {});
+}
+
+#[test]
+fn zstd_single_frame_reads_equal_the_tar() {
+    let setup = check_reads(Compression::Zstd, |_| {});
+    assert_eq!(setup.span_count(0), 1, "a single-frame layer is one span");
+}
+
+#[test]
+fn zstd_single_frame_streams_through_the_cache() {
+    // With a request cap below the layer's size the single span is streamed with one
+    // whole-blob request through the hasher and the decoder into the cache file.
+    let setup = check_reads(Compression::Zstd, |o| o.max_request_bytes = 64 * 1024);
+    assert_eq!(setup.range_requests(0), 0, "streamed as one whole-blob GET");
+    assert_eq!(
+        setup.registry.requests_matching("GET", &setup.digests[0]),
+        1 + 1, // the indexer's pass and ours
+    );
+}
+
+#[test]
+fn zstd_multi_frame_reads_equal_the_tar() {
+    // Frames of 20 kB, spans of at least 64 KiB: several frames per span.
+    let setup = check_reads(Compression::ZstdMultiFrame(20_000), |_| {});
+    assert!(setup.span_count(0) > 10, "{} spans", setup.span_count(0));
+    let s = setup.archive.spans(0).unwrap().get(1).unwrap();
+    assert!(s.uncompressed_end - s.uncompressed_offset >= 60_000);
+}
+
+#[test]
+fn uncompressed_reads_equal_the_tar() {
+    let setup = check_reads(Compression::None, |_| {});
+    assert!(setup.span_count(0) > 20, "{} spans", setup.span_count(0));
+}
+
+#[test]
+fn uncompressed_spans_larger_than_a_request_stream_in_pieces() {
+    check_reads(Compression::None, |o| o.max_request_bytes = 20_000);
+}
+
+#[test]
+fn a_small_read_fetches_one_span_with_one_request() {
+    let setup = setup(vec![layer(Compression::Gzip, 2_000_000, 1)], "fetch:one");
+    let fetcher = setup.fetcher(setup.options());
+    let (start, end) = setup.span_range(0, 7);
+    let offset = start + (end - start) / 2 - 2048;
+    let before = setup.range_requests(0);
+    let got = read(&fetcher, 0, offset, 4096).unwrap();
+    assert_same(
+        &got,
+        &setup.tars[0][offset as usize..offset as usize + 4096],
+        "4 KiB",
+    );
+    let stats = fetcher.stats();
+    assert_eq!(stats.spans_fetched, 1, "{stats:?}");
+    assert_eq!(stats.registry_requests, 1, "{stats:?}");
+    assert_eq!((stats.cache_hits, stats.cache_misses), (0, 1), "{stats:?}");
+    assert_eq!(setup.range_requests(0) - before, 1, "exactly one 206");
+    let (c0, c1) = {
+        let s = setup.archive.spans(0).unwrap().get(7).unwrap();
+        (s.compressed_offset, s.compressed_end)
+    };
+    assert_eq!(
+        stats.bytes_fetched,
+        c1 - c0,
+        "only the span's compressed bytes"
+    );
+
+    // The same bytes again: a cache hit, no request.
+    let again = read(&fetcher, 0, offset, 4096).unwrap();
+    assert_eq!(again, got);
+    let stats = fetcher.stats();
+    assert_eq!(
+        (stats.cache_hits, stats.registry_requests),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(setup.range_requests(0) - before, 1);
+}
+
+#[test]
+fn neighbouring_missing_spans_are_coalesced() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 2_000_000, 2)],
+        "fetch:coalesce",
+    );
+    let fetcher = setup.fetcher(setup.options());
+    let (a, _) = setup.span_range(0, 4);
+    let (_, b) = setup.span_range(0, 6);
+    let (offset, len) = (a + 100, (b - a - 200) as usize);
+    assert_eq!(setup.spans_of(0, offset, len as u64), vec![4, 5, 6]);
+    let before = setup.range_requests(0);
+    let got = read(&fetcher, 0, offset, len).unwrap();
+    assert_same(
+        &got,
+        &setup.tars[0][offset as usize..offset as usize + len],
+        "3 spans",
+    );
+    let stats = fetcher.stats();
+    assert_eq!(stats.spans_fetched, 3, "{stats:?}");
+    assert_eq!(stats.registry_requests, 1, "{stats:?}");
+    assert_eq!(
+        setup.range_requests(0) - before,
+        1,
+        "one Range request for 3 spans"
+    );
+
+    // A read over a cached span between two missing ones: two requests.
+    let (c, _) = setup.span_range(0, 3);
+    let (_, d) = setup.span_range(0, 7);
+    let got = read(&fetcher, 0, c, (d - c) as usize).unwrap();
+    assert_same(&got, &setup.tars[0][c as usize..d as usize], "spans 3..=7");
+    assert_eq!(setup.range_requests(0) - before, 3);
+    assert_eq!(fetcher.stats().spans_fetched, 5);
+}
+
+#[test]
+fn the_request_cap_splits_coalesced_fetches() {
+    let setup = setup(vec![layer(Compression::None, 1_000_000, 3)], "fetch:cap");
+    let mut options = setup.options();
+    options.max_request_bytes = 2 * SPAN; // two uncompressed spans per request
+    let fetcher = setup.fetcher(options);
+    let (_, end) = setup.span_range(0, 5);
+    let before = setup.range_requests(0);
+    let got = read(&fetcher, 0, 0, end as usize).unwrap();
+    assert_same(&got, &setup.tars[0][..end as usize], "spans 0..=5");
+    assert_eq!(
+        setup.range_requests(0) - before,
+        3,
+        "6 spans, 2 per request"
+    );
+}
+
+#[test]
+fn a_warm_cache_serves_the_image_without_the_registry() {
+    let setup = setup(
+        vec![
+            layer(Compression::Gzip, 1_000_000, 4),
+            layer(Compression::ZstdMultiFrame(80_000), 600_000, 5),
+            layer(Compression::None, 500_000, 6),
+            layer(Compression::Zstd, 400_000, 7),
+        ],
+        "fetch:warm",
+    );
+    let read_all = |fetcher: &Fetcher| {
+        for (i, tar) in setup.tars.iter().enumerate() {
+            let got = read(fetcher, i as u32, 0, tar.len() + 10).unwrap();
+            assert_same(&got, tar, &format!("layer {i}"));
+        }
+    };
+    let cold = setup.fetcher(setup.options());
+    read_all(&cold);
+    let total_spans: usize = (0..4).map(|l| setup.span_count(l)).sum();
+    assert_eq!(cold.stats().spans_fetched as usize, total_spans);
+    drop(cold);
+
+    let mark = setup.registry.log_mark();
+    // A second fetcher on the same cache, whose registry does not even exist.
+    let nowhere = closed_port_reference();
+    let warm = Fetcher::new(setup.archive.clone(), client(), nowhere, setup.options()).unwrap();
+    read_all(&warm);
+    let mut rng = Rng(99);
+    for _ in 0..100 {
+        let layer = rng.below(4) as usize;
+        let tar = &setup.tars[layer];
+        let offset = rng.below(tar.len() as u64) as usize;
+        let got = read(&warm, layer as u32, offset as u64, 10_000).unwrap();
+        assert_same(
+            &got,
+            &tar[offset..(offset + 10_000).min(tar.len())],
+            "warm read",
+        );
+    }
+    let stats = warm.stats();
+    assert_eq!(stats.registry_requests, 0, "{stats:?}");
+    assert_eq!(stats.spans_fetched, 0, "{stats:?}");
+    assert_eq!(stats.cache_misses, 0, "{stats:?}");
+    assert!(setup.registry.requests_since(mark).is_empty());
+}
+
+#[test]
+fn concurrent_readers_fetch_every_span_once() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 3_000_000, 8)],
+        "fetch:threads",
+    );
+    let mut options = setup.options();
+    options.readahead_spans = 0;
+    options.workers = 3;
+    let fetcher = setup.fetcher(options);
+    let tar = &setup.tars[0];
+    let size = tar.len() as u64;
+    let touched = std::sync::Mutex::new(BTreeSet::new());
+    std::thread::scope(|scope| {
+        for t in 0..16u64 {
+            let (fetcher, setup, touched) = (&fetcher, &setup, &touched);
+            scope.spawn(move || {
+                let mut rng = Rng(0x9e37_79b9 + t * 7919);
+                for _ in 0..40 {
+                    // Few distinct places, so that threads collide on spans.
+                    let offset = rng.below(12) * size / 12 + rng.below(100_000);
+                    let offset = offset.min(size - 1);
+                    let len = 1 + rng.below(150_000) as usize;
+                    let got = read(fetcher, 0, offset, len).unwrap();
+                    let end = (offset as usize + len).min(tar.len());
+                    assert_same(&got, &tar[offset as usize..end], "concurrent read");
+                    touched
+                        .lock()
+                        .unwrap()
+                        .extend(setup.spans_of(0, offset, len as u64));
+                }
+            });
+        }
+    });
+    let stats = fetcher.stats();
+    let distinct = touched.into_inner().unwrap().len() as u64;
+    assert_eq!(stats.spans_fetched, distinct, "{stats:?}");
+    assert_eq!(stats.fetch_errors, 0, "{stats:?}");
+    assert!(stats.registry_requests <= distinct, "{stats:?}");
+}
+
+/// Flips one byte of a blob in the registry's storage, in the middle of span `span`.
+fn corrupt_blob(setup: &Setup, layer: usize, span: usize) {
+    let s = setup
+        .archive
+        .spans(layer as u32)
+        .unwrap()
+        .get(span)
+        .unwrap();
+    let at = (s.compressed_offset + s.compressed_end) / 2;
+    let path = setup.registry.blob_path(&setup.digests[layer]);
+    let mut blob = std::fs::read(&path).unwrap();
+    blob[at as usize] ^= 0x55;
+    std::fs::write(&path, blob).unwrap();
+}
+
+/// Every cache entry file under the cache dir.
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn entry_name(setup: &Setup, layer: u32, span: usize) -> String {
+    let (a, b) = setup.span_range(layer, span);
+    format!("{a:016x}-{:x}", b - a)
+}
+
+#[test]
+fn a_corrupt_blob_is_refused_span_by_span() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 2_000_000, 9)],
+        "fetch:corrupt",
+    );
+    corrupt_blob(&setup, 0, 5);
+    let mut options = setup.options();
+    options.readahead_spans = 0;
+    let fetcher = setup.fetcher(options);
+    let (a, b) = setup.span_range(0, 5);
+    for _ in 0..2 {
+        let err = read(&fetcher, 0, a + 10, 100).unwrap_err();
+        match &err {
+            FetchError::DigestMismatch {
+                layer_digest, span, ..
+            } => {
+                assert_eq!(*span, 5);
+                assert_eq!(layer_digest, &setup.digests[0]);
+            }
+            other => panic!("expected a digest mismatch, got {other:?}"),
+        }
+        assert_eq!(err.errno(), libc::EIO);
+    }
+    // A read that covers the bad span fails as a whole, even when its neighbours are fine.
+    let err = read(&fetcher, 0, a - 100, 200).unwrap_err();
+    assert!(
+        matches!(err, FetchError::DigestMismatch { span: 5, .. }),
+        "{err:?}"
+    );
+    // Other spans are fine.
+    for span in [0, 4, 6, 10] {
+        let (x, y) = setup.span_range(0, span);
+        let got = read(&fetcher, 0, x, (y - x) as usize).unwrap();
+        assert_same(
+            &got,
+            &setup.tars[0][x as usize..y as usize],
+            &format!("span {span}"),
+        );
+    }
+    let stats = fetcher.stats();
+    assert_eq!(stats.verify_failures, 3, "{stats:?}");
+    let bad = entry_name(&setup, 0, 5);
+    let files = cache_files(setup.cache.path());
+    assert!(
+        !files.iter().any(|p| p.ends_with(&bad)),
+        "the bad span was cached: {files:?}"
+    );
+    assert!(files.iter().all(|p| !p.to_string_lossy().contains(".tmp-")));
+    assert!(b > a);
+}
+
+#[test]
+fn a_corrupt_single_frame_zstd_blob_is_refused_when_streamed() {
+    let setup = setup(
+        vec![layer(Compression::Zstd, 800_000, 10)],
+        "fetch:zcorrupt",
+    );
+    corrupt_blob(&setup, 0, 0);
+    let mut options = setup.options();
+    options.max_request_bytes = 32 * 1024; // stream it
+    let fetcher = setup.fetcher(options);
+    let err = read(&fetcher, 0, 1000, 100).unwrap_err();
+    assert!(
+        matches!(err, FetchError::DigestMismatch { span: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(fetcher.stats().verify_failures, 1);
+    assert!(cache_files(setup.cache.path()).is_empty());
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_detected_and_fetched_again() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 1_000_000, 11)],
+        "fetch:badcache",
+    );
+    let (a, b) = setup.span_range(0, 3);
+    let want = &setup.tars[0][a as usize..b as usize];
+    {
+        let fetcher = setup.fetcher(setup.options());
+        assert_same(
+            &read(&fetcher, 0, a, want.len()).unwrap(),
+            want,
+            "first read",
+        );
+    }
+    let name = entry_name(&setup, 0, 3);
+    let files = cache_files(setup.cache.path());
+    let path = files.iter().find(|p| p.ends_with(&name)).expect("cached");
+    let mut bytes = std::fs::read(path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(path, &bytes).unwrap();
+
+    let fetcher = setup.fetcher(setup.options());
+    assert_same(
+        &read(&fetcher, 0, a, want.len()).unwrap(),
+        want,
+        "after corruption",
+    );
+    let stats = fetcher.stats();
+    assert_eq!(stats.cache_corrupt, 1, "{stats:?}");
+    assert_eq!(stats.spans_fetched, 1, "{stats:?}");
+    // The entry was replaced by a good one: a third process reads it without the registry.
+    let third = setup.fetcher(setup.options());
+    assert_same(&read(&third, 0, a, want.len()).unwrap(), want, "third read");
+    assert_eq!(third.stats().registry_requests, 0);
+    assert_eq!(third.stats().cache_corrupt, 0);
+}
+
+#[test]
+fn eviction_keeps_the_cache_under_its_bound() {
+    let setup = setup(vec![layer(Compression::Gzip, 2_000_000, 12)], "fetch:evict");
+    let mut options = setup.options();
+    let max = 6 * SPAN;
+    options.cache.max_bytes = max;
+    options.readahead_spans = 0;
+    let fetcher = setup.fetcher(options);
+    let tar = &setup.tars[0];
+    let disk = || -> u64 {
+        cache_files(setup.cache.path())
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let mut pos = 0;
+    while pos < tar.len() {
+        let got = read(&fetcher, 0, pos as u64, 50_000).unwrap();
+        assert_same(&got, &tar[pos..pos + got.len()], "read");
+        pos += got.len();
+        assert!(disk() <= max, "{} bytes cached, bound {max}", disk());
+    }
+    assert!(disk() > 0);
+    // Evicted spans come back.
+    let got = read(&fetcher, 0, 0, 100_000).unwrap();
+    assert_same(&got, &tar[..100_000], "re-read of evicted spans");
+    assert!(disk() <= max);
+    let stats = fetcher.stats();
+    assert!(
+        stats.spans_fetched as usize > setup.span_count(0),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn sequential_reads_prefetch_the_next_spans() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 2_000_000, 13)],
+        "fetch:readahead",
+    );
+    let fetcher = setup.fetcher(setup.options());
+    let tar = &setup.tars[0];
+    let chunk = 32 * 1024;
+    // Not sequential: no readahead.
+    read(&fetcher, 0, 0, chunk).unwrap();
+    assert!(fetcher.wait_idle(Duration::from_secs(60)));
+    assert_eq!(fetcher.stats().readahead_spans, 0);
+    // Sequential: the next 4 spans are fetched in the background.
+    let got = read(&fetcher, 0, chunk as u64, chunk).unwrap();
+    assert_same(&got, &tar[chunk..2 * chunk], "second chunk");
+    let last = *setup
+        .spans_of(0, chunk as u64, chunk as u64)
+        .last()
+        .unwrap();
+    assert!(fetcher.wait_idle(Duration::from_secs(60)));
+    let stats = fetcher.stats();
+    assert_eq!(stats.readahead_spans, 4, "{stats:?}");
+    // They are served from the cache.
+    let (a, _) = setup.span_range(0, last + 1);
+    let (_, b) = setup.span_range(0, last + 4);
+    let got = read(&fetcher, 0, a, (b - a) as usize).unwrap();
+    assert_same(&got, &tar[a as usize..b as usize], "read-ahead spans");
+    let after = fetcher.stats();
+    assert_eq!(
+        after.registry_requests, stats.registry_requests,
+        "{after:?}"
+    );
+    assert_eq!(after.cache_hits - stats.cache_hits, 4, "{after:?}");
+}
+
+#[test]
+fn prefetch_and_cached_extent() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 1_000_000, 14)],
+        "fetch:prefetch",
+    );
+    let fetcher = setup.fetcher(setup.options());
+    let (a, b) = setup.span_range(0, 2);
+    assert!(fetcher.cached_extent(0, a, 10).is_none(), "not cached yet");
+    fetcher.prefetch(0, a..b).unwrap();
+    assert_eq!(fetcher.stats().spans_fetched, 1);
+    let (file, at) = fetcher.cached_extent(0, a + 100, 1000).expect("cached");
+    let mut buf = vec![0u8; 1000];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, at).unwrap();
+    assert_same(
+        &buf,
+        &setup.tars[0][(a + 100) as usize..(a + 1100) as usize],
+        "extent",
+    );
+    assert!(
+        fetcher.cached_extent(0, b - 10, 20).is_none(),
+        "crosses into span 3"
+    );
+    assert!(fetcher.cached_extent(9, 0, 1).is_none());
+    assert!(matches!(
+        read(&fetcher, 9, 0, 1),
+        Err(FetchError::Archive(_))
+    ));
+}
+
+/// A reference to a registry that is not there (a port nobody listens on).
+fn closed_port_reference() -> Reference {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}/nowhere:1").parse().unwrap()
+}
+
+fn impatient_client() -> Client {
+    Client::new(ClientOptions {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            deadline: Duration::from_secs(1),
+        },
+        ..ClientOptions::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn new_does_not_touch_the_network_and_check_registry_does() {
+    let setup = setup(vec![layer(Compression::Gzip, 300_000, 15)], "fetch:check");
+    let nowhere = Fetcher::new(
+        setup.archive.clone(),
+        impatient_client(),
+        closed_port_reference(),
+        setup.options(),
+    )
+    .unwrap();
+    let err = nowhere.check_registry().unwrap_err();
+    assert!(
+        matches!(err, FetchError::Registry { span: None, .. }),
+        "{err:?}"
+    );
+    // A read fails too, and is not remembered as a failure.
+    let err = read(&nowhere, 0, 0, 10).unwrap_err();
+    assert!(
+        matches!(err, FetchError::Registry { span: Some(0), .. }),
+        "{err:?}"
+    );
+    assert_eq!(nowhere.stats().fetch_errors, 1);
+
+    let mark = setup.registry.log_mark();
+    let fetcher = setup.fetcher(setup.options());
+    assert!(
+        setup.registry.requests_since(mark).is_empty(),
+        "new() made requests"
+    );
+    fetcher.check_registry().unwrap();
+    assert_eq!(setup.registry.requests_since(mark).len(), 1);
+}
+
+#[test]
+fn a_read_times_out_and_a_later_read_succeeds() {
+    let setup = setup(vec![layer(Compression::Gzip, 500_000, 16)], "fetch:timeout");
+    // A "registry" that accepts connections and never answers.
+    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    let reference: Reference = format!("127.0.0.1:{port}/stalled:1").parse().unwrap();
+    let mut options = setup.options();
+    options.read_timeout = Duration::from_millis(300);
+    let hung = Fetcher::new(
+        setup.archive.clone(),
+        impatient_client(),
+        reference,
+        options,
+    )
+    .unwrap();
+    let err = read(&hung, 0, 0, 4096).unwrap_err();
+    assert!(
+        matches!(err, FetchError::Timeout { span: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(hung.stats().timeouts, 1);
+    // Readers of the same span wait on the same (stalled) fetch and time out too.
+    let err = read(&hung, 0, 100, 10).unwrap_err();
+    assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
+    assert_eq!(
+        hung.stats().registry_requests,
+        1,
+        "one fetch in flight, not two"
+    );
+
+    // Once a working registry is used, the same read succeeds (same cache directory).
+    let fetcher = setup.fetcher(setup.options());
+    let got = read(&fetcher, 0, 0, 4096).unwrap();
+    assert_same(&got, &setup.tars[0][..4096], "after the timeout");
+    drop(stalled);
+}

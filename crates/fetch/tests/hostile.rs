@@ -1,0 +1,156 @@
+//! Archives that lie: the fetcher refuses them with errors, without panicking, allocating what
+//! they claim or (where it can tell up front) touching the network.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clip_archive::{
+    write_archive, Archive, Compression, FileType, ImageMeta, Inode, Layer, Platform, Span, Tree,
+};
+use clip_fetch::{CacheOptions, FetchError, FetchOptions, Fetcher};
+use clip_registry::{Client, ClientOptions, Reference, RetryPolicy};
+
+const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn archive(layer: Layer) -> Arc<Archive<'static>> {
+    let tree = Tree::new(Inode::new(FileType::Directory, 0o755));
+    let meta = ImageMeta {
+        reference: "127.0.0.1:1/hostile:1".into(),
+        manifest_digest: "sha256:00".into(),
+        manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        platform: Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        },
+        config_digest: "sha256:11".into(),
+        config: "{}".into(),
+    };
+    let bytes = write_archive(&meta, &[layer], &tree).unwrap();
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    Arc::new(Archive::open(bytes).unwrap())
+}
+
+fn layer(digest: &str, compression: Compression, size: u64, spans: Vec<Span>) -> Layer {
+    Layer {
+        digest: digest.into(),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        compression,
+        compressed_size: size,
+        uncompressed_size: size,
+        diff_id: DIGEST.into(),
+        span_size: 1 << 20,
+        spans,
+    }
+}
+
+fn span(c0: u64, c1: u64, u0: u64) -> Span {
+    Span {
+        compressed_offset: c0,
+        compressed_end: c1,
+        uncompressed_offset: u0,
+        bits: 0,
+        window: Vec::new(),
+        digest: [0; 32],
+    }
+}
+
+/// A port nobody listens on.
+fn nowhere() -> Reference {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}/hostile:1").parse().unwrap()
+}
+
+fn fetcher(archive: Arc<Archive<'static>>, cache: &std::path::Path) -> Result<Fetcher, FetchError> {
+    let client = Client::new(ClientOptions {
+        retry: RetryPolicy {
+            max_attempts: 1,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            deadline: Duration::from_millis(100),
+        },
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let options = FetchOptions {
+        cache: CacheOptions {
+            dir: cache.to_path_buf(),
+            max_bytes: 1 << 30,
+        },
+        ..FetchOptions::default()
+    };
+    Fetcher::new(archive, client, nowhere(), options)
+}
+
+#[test]
+fn a_layer_digest_that_is_not_a_digest_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    for digest in ["sha256:../../../etc", "md5:00", "sha256:ABCD"] {
+        let a = archive(layer(digest, Compression::None, 10, vec![span(0, 10, 0)]));
+        let err = fetcher(a, cache.path()).unwrap_err();
+        assert!(
+            matches!(err, FetchError::InvalidLayerDigest { layer: 0, .. }),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn an_absurd_gzip_span_is_refused_before_it_is_fetched() {
+    let cache = tempfile::tempdir().unwrap();
+    // One gzip span claiming a terabyte.
+    let a = archive(layer(
+        DIGEST,
+        Compression::Gzip,
+        1 << 40,
+        vec![span(0, 1 << 40, 0)],
+    ));
+    let f = fetcher(a, cache.path()).unwrap();
+    let mut buf = [0u8; 16];
+    let err = f.read_at(0, 1 << 30, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, FetchError::SpanTooLarge { span: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(f.stats().registry_requests, 0);
+    assert_eq!(err.errno(), libc::EIO);
+}
+
+#[test]
+fn reads_beyond_a_layer_and_of_missing_layers_are_errors() {
+    let cache = tempfile::tempdir().unwrap();
+    let a = archive(layer(DIGEST, Compression::None, 100, vec![span(0, 100, 0)]));
+    let f = fetcher(a, cache.path()).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(f.read_at(0, 100, &mut buf).unwrap(), 0);
+    assert!(matches!(
+        f.read_at(0, 101, &mut buf),
+        Err(FetchError::OutOfRange {
+            layer: 0,
+            offset: 101,
+            size: 100
+        })
+    ));
+    assert!(matches!(
+        f.read_at(1, 0, &mut buf),
+        Err(FetchError::Archive(_))
+    ));
+    assert_eq!(f.read_at(0, 0, &mut []).unwrap(), 0);
+    assert!(f.cached_extent(0, 0, 10).is_none());
+    assert_eq!(f.stats().registry_requests, 0);
+}
+
+#[test]
+fn a_cache_dir_that_cannot_be_created_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let a = archive(layer(DIGEST, Compression::None, 10, vec![span(0, 10, 0)]));
+    let err = fetcher(a, &file).unwrap_err();
+    assert!(matches!(err, FetchError::Cache { .. }), "{err:?}");
+}

@@ -1,0 +1,69 @@
+//! Where file bytes come from: the [`ContentSource`] trait.
+
+use std::fmt;
+
+/// The bytes of the image's layers, addressed in each layer's *uncompressed* tar stream.
+///
+/// This is the only way the filesystem core reaches file content. The real implementation
+/// (the fetcher: Range requests, span verification, inflation, cache) lives in another crate
+/// and is plugged in by the binary; tests use [`crate::testing::MemoryContent`].
+///
+/// Implementations are called from many threads at once and may block (a fetch); they should
+/// bound the time they block and fail with [`ContentError`] rather than hang.
+pub trait ContentSource: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset` of layer `layer`'s uncompressed tar stream
+    /// into `buf` and returns how many were read. A short count is allowed (the core asks again
+    /// for the rest); `Ok(0)` means nothing is there (the core then reports `EIO` if it
+    /// expected bytes).
+    fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError>;
+
+    /// Optional: a local file holding `[offset, offset + len)` of layer `layer`, and the
+    /// position of byte `offset` in that file. Meant for FUSE passthrough, which needs a
+    /// backing file whose offsets equal the served file's (position 0, length `len`). The FUSE
+    /// adapter does not use it yet; the default returns `None`.
+    fn cached_extent(&self, _layer: u32, _offset: u64, _len: u64) -> Option<(std::fs::File, u64)> {
+        None
+    }
+}
+
+/// Why a [`ContentSource`] could not deliver bytes: the errno the reader should get (`EIO`
+/// for a failed or unverifiable fetch, `ETIMEDOUT`, `ENOMEM`...), and a message for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentError {
+    /// A positive errno value; anything else is reported as `EIO`.
+    pub errno: i32,
+    /// What went wrong, naming the layer, span or offset (logged, never shown to the reader).
+    pub message: String,
+}
+
+impl ContentError {
+    /// An error with the given errno.
+    pub fn new(errno: i32, message: impl Into<String>) -> Self {
+        ContentError {
+            errno,
+            message: message.into(),
+        }
+    }
+
+    /// An `EIO` error: the usual answer for a fetch that failed or did not verify.
+    pub fn io(message: impl Into<String>) -> Self {
+        ContentError::new(libc::EIO, message)
+    }
+
+    /// The errno to report: `errno` when it is positive, else `EIO`.
+    pub fn errno(&self) -> i32 {
+        if self.errno > 0 {
+            self.errno
+        } else {
+            libc::EIO
+        }
+    }
+}
+
+impl fmt::Display for ContentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (errno {})", self.message, self.errno)
+    }
+}
+
+impl std::error::Error for ContentError {}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The demo: a local registry, a small demo image pushed to it, then `clip index` and
+# `clip inspect`. Run on a Debian machine as root after scripts/setup-debian.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+
+cargo build --release -q -p clip-cli
+CLIP=$PWD/target/release/clip
+
+# A two-layer image: busybox as the userland, then an app layer that deletes a file.
+root=$BENCH_TMP/rootfs
+mkdir -p "$root"/{bin,etc,tmp,root}
+cp /bin/busybox "$root/bin/busybox"
+for tool in sh ls cat echo head wc sha256sum uname id; do ln -s busybox "$root/bin/$tool"; done
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' > "$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+printf 'NAME="clip demo"\nID=clip-demo\n' > "$root/etc/os-release"
+echo "scratch" > "$root/etc/motd"
+chmod 1777 "$root/tmp"
+tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$BENCH_TMP/base.tar.gz.tar" .
+tar_to_layer "$BENCH_TMP/base.tar.gz"
+
+app=$BENCH_TMP/app
+mkdir -p "$app/app" "$app/etc"
+printf '#!/bin/sh\necho "hello from a lazily mounted image"\ncat /etc/os-release\n' > "$app/app/hello.sh"
+chmod 755 "$app/app/hello.sh"
+: > "$app/etc/.wh.motd"
+tar -C "$app" --numeric-owner --owner=0 --group=0 -cf "$BENCH_TMP/app.tar.gz.tar" .
+tar_to_layer "$BENCH_TMP/app.tar.gz"
+
+start_registry
+push_image demo/hello:1.0 "$BENCH_TMP/base.tar.gz" "$BENCH_TMP/app.tar.gz"
+echo "registry on $REGISTRY with demo/hello:1.0"
+
+step clip index "$REGISTRY/demo/hello:1.0" hello.clip
+"$CLIP" index "$REGISTRY/demo/hello:1.0" "$BENCH_TMP/hello.clip"
+step clip inspect hello.clip
+"$CLIP" inspect "$BENCH_TMP/hello.clip"
+step clip inspect --ls /etc hello.clip
+"$CLIP" inspect --ls /etc "$BENCH_TMP/hello.clip"
+step clip inspect --ls /app hello.clip
+"$CLIP" inspect --ls /app "$BENCH_TMP/hello.clip"
