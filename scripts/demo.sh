@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: a local registry, a small demo image pushed to it, then `clip index` and
-# `clip inspect`. Run on a Debian machine as root after scripts/setup-debian.sh.
+# The demo: a local registry, a small demo image pushed to it, `clip index` and `clip inspect`,
+# then `clip mount` with an overlay on top and a command run in it with runc.
+# Run on a Debian machine as root after scripts/setup-debian.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -43,3 +44,30 @@ step clip inspect --ls /etc hello.clip
 "$CLIP" inspect --ls /etc "$BENCH_TMP/hello.clip"
 step clip inspect --ls /app hello.clip
 "$CLIP" inspect --ls /app "$BENCH_TMP/hello.clip"
+
+# Mount the index lazily, put a writable overlay on top and run the image's app with runc.
+MNT=$BENCH_TMP/mnt OVL=$BENCH_TMP/ovl BUNDLE=$BENCH_TMP/bundle
+mkdir -p "$OVL"/{upper,work} "$BUNDLE/rootfs"
+demo_cleanup() {
+  runc delete --force clip-demo-$$ >/dev/null 2>&1 || true
+  umount "$BUNDLE/rootfs" 2>/dev/null || true
+  "$CLIP" umount "$MNT" 2>/dev/null || true
+  cleanup
+}
+trap demo_cleanup EXIT
+
+step clip mount --daemon hello.clip "$MNT"
+"$CLIP" mount --daemon --cache-dir "$BENCH_TMP/cache" "$BENCH_TMP/hello.clip" "$MNT"
+step ls -l "$MNT" "$MNT/etc"
+ls -l "$MNT" "$MNT/etc"
+mount -t overlay overlay -o "lowerdir=$MNT,upperdir=$OVL/upper,workdir=$OVL/work" "$BUNDLE/rootfs"
+(cd "$BUNDLE" && runc spec)
+jq '.process.terminal=false | .process.args=["/app/hello.sh"] | .root.readonly=false' \
+  "$BUNDLE/config.json" > "$BUNDLE/config.tmp" && mv "$BUNDLE/config.tmp" "$BUNDLE/config.json"
+step runc run clip-demo "(rootfs: overlay on the clip mount)"
+runc run --bundle "$BUNDLE" clip-demo-$$ </dev/null
+step clip stats "$MNT"
+"$CLIP" stats "$MNT"
+umount "$BUNDLE/rootfs"
+step clip umount "$MNT"
+"$CLIP" umount "$MNT"

@@ -31,8 +31,8 @@ pub fn load(path: &std::path::Path) -> Result<Vec<u8>> {
 
 pub fn run(args: Args) -> Result<()> {
     let bytes = load(&args.file)?;
-    let archive = Archive::open(&bytes)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let archive =
+        Archive::open(&bytes).with_context(|| format!("reading {}", args.file.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match &args.ls {
         Some(path) => list(&archive, path, args.recursive, args.json, &mut out)?,

@@ -353,8 +353,10 @@ fn credentials_from_flags_and_auth_files() {
 fn missing_tags_repositories_and_corrupt_blobs_are_clear_errors() {
     let registry = Registry::start();
     let pushed = Image::new()
-        .layer(Layer::from_fixture("/f file 0644 0 0 size=200000 seed=4 text
-"))
+        .layer(Layer::from_fixture(
+            "/f file 0644 0 0 size=200000 seed=4 text
+",
+        ))
         .push(&registry, "present:1", ManifestFlavor::Oci);
     let scratch = Scratch::new();
     let out = scratch.path("x.clip");
