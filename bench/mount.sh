@@ -107,24 +107,7 @@ cold_start() { # cold_start REGISTRY_ADDR LOG label
 }
 
 # --- (a) on loopback -----------------------------------------------------------------------
-port=$(free_port)
-mkdir -p "$BENCH_TMP/registry"
-cat > "$BENCH_TMP/registry.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $BENCH_TMP/registry
-http:
-  addr: 0.0.0.0:$port
-log:
-  level: error
-  accesslog:
-    disabled: false
-YML
-docker-registry serve "$BENCH_TMP/registry.yml" >"$BENCH_TMP/registry.log" 2>&1 &
-REGISTRY_PID=$!
-REGISTRY=127.0.0.1:$port
-for _ in $(seq 100); do curl -fs "http://$REGISTRY/v2/" >/dev/null && break; sleep 0.1; done
+start_registry 0.0.0.0
 push_image bench/usr:latest "${layers[@]}"
 cold_start "$REGISTRY" "$BENCH_TMP/registry.log" "registry on loopback"
 
@@ -142,10 +125,10 @@ for side in "tc qdisc add dev clipb0" "ip netns exec $NETNS tc qdisc add dev cli
   $side root handle 1: netem delay 5ms
   $side parent 1: handle 2: tbf rate 1gbit burst 256kb latency 50ms
 done
-sed "s/0.0.0.0:$port/10.201.0.2:5000/" "$BENCH_TMP/registry.yml" > "$BENCH_TMP/registry-ns.yml"
+sed "s/0.0.0.0:[0-9]*/10.201.0.2:5000/; s#registry.log#registry-ns.log#" "$REGISTRY_CONFIG" > "$BENCH_TMP/registry-ns.yml"
 ip netns exec "$NETNS" docker-registry serve "$BENCH_TMP/registry-ns.yml" >"$BENCH_TMP/registry-ns.log" 2>&1 &
 NS_REGISTRY_PID=$!
-for _ in $(seq 100); do curl -fs "http://10.201.0.2:5000/v2/" >/dev/null && break; sleep 0.1; done
+wait_registry 10.201.0.2:5000
 cold_start "10.201.0.2:5000" "$BENCH_TMP/registry-ns.log" "registry behind 1 Gbit/s, 5 ms (netns + veth + netem/tbf)"
 
 # --- (b) warm read of every file --------------------------------------------------------------

@@ -13,31 +13,38 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_registry: starts CNCF Distribution on a free loopback port; sets REGISTRY=127.0.0.1:PORT.
+# start_registry [LISTEN_HOST]: starts CNCF Distribution on a free port (on 127.0.0.1 unless
+# told otherwise), with its access log in $BENCH_TMP/registry.log; sets REGISTRY=127.0.0.1:PORT
+# and REGISTRY_CONFIG (to start another one from).
 start_registry() {
-  local port; port=$(free_port)
+  local host=${1:-127.0.0.1} port; port=$(free_port)
   mkdir -p "$BENCH_TMP/registry"
-  cat > "$BENCH_TMP/registry.yml" <<YML
+  REGISTRY_CONFIG=$BENCH_TMP/registry.yml
+  cat > "$REGISTRY_CONFIG" <<YML
 version: 0.1
 storage:
   filesystem:
     rootdirectory: $BENCH_TMP/registry
 http:
-  addr: 127.0.0.1:$port
+  addr: $host:$port
 log:
   level: error
   accesslog:
-    disabled: true
+    disabled: false
 YML
-  docker-registry serve "$BENCH_TMP/registry.yml" >"$BENCH_TMP/registry.log" 2>&1 &
+  docker-registry serve "$REGISTRY_CONFIG" >"$BENCH_TMP/registry.log" 2>&1 &
   REGISTRY_PID=$!
   REGISTRY=127.0.0.1:$port
+  wait_registry "$REGISTRY" || { cat "$BENCH_TMP/registry.log"; return 1; }
+}
+
+# wait_registry ADDR: until the registry answers (bounded).
+wait_registry() {
   for _ in $(seq 100); do
-    curl -fs "http://$REGISTRY/v2/" >/dev/null && return 0
-    kill -0 "$REGISTRY_PID" 2>/dev/null || { cat "$BENCH_TMP/registry.log"; return 1; }
+    curl -fs "http://$1/v2/" >/dev/null && return 0
     sleep 0.1
   done
-  echo "registry did not start" >&2; return 1
+  echo "registry at $1 did not start" >&2; return 1
 }
 
 # push_blob REPO FILE: monolithic upload; prints the digest.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clip_indexer::{IndexOptions, Progress};
-use clip_registry::{Client, ClientOptions, Credentials, Platform, Reference};
+use clip_registry::{Platform, Reference, RetryPolicy};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::units;
@@ -46,26 +46,12 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => p.parse::<Platform>()?,
         None => Platform::host(),
     };
-    let creds = args
-        .creds
-        .as_deref()
-        .map(|c| {
-            c.split_once(':')
-                .map(|(u, p)| Credentials {
-                    username: u.to_string(),
-                    password: p.to_string(),
-                })
-                .context("--creds must be USER:PASSWORD")
-        })
-        .transpose()?;
-    let mut options = ClientOptions {
-        creds,
-        ..ClientOptions::default()
-    };
-    if args.insecure {
-        options.insecure_registries.push(reference.registry.clone());
-    }
-    let client = Client::new(options)?;
+    let client = crate::registry_client(
+        args.creds.as_deref(),
+        args.insecure,
+        &reference,
+        RetryPolicy::default(),
+    )?;
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

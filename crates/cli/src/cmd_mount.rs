@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clip_archive::Archive;
 use clip_fetch::{CacheOptions, FetchOptions, Fetcher};
 use clip_fs::{ContentError, ContentSource, FsCore};
-use clip_registry::{Client, ClientOptions, Reference, RetryPolicy};
+use clip_registry::{Reference, RetryPolicy};
 use sha2::{Digest, Sha256};
 
 use crate::units;
@@ -110,19 +110,6 @@ fn mount_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         base.join(format!("{hash}.sock")),
         base.join(format!("{hash}.log")),
     ))
-}
-
-fn parse_creds(creds: Option<&str>) -> Result<Option<clip_registry::Credentials>> {
-    creds
-        .map(|c| {
-            c.split_once(':')
-                .map(|(u, p)| clip_registry::Credentials {
-                    username: u.to_string(),
-                    password: p.to_string(),
-                })
-                .context("--creds must be USER:PASSWORD")
-        })
-        .transpose()
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -233,18 +220,15 @@ fn serve(args: Args) -> Result<()> {
     // Blobs are addressed by digest: pin the manifest so a moved tag cannot matter.
     let reference = reference.with_digest(&meta.manifest_digest);
     let timeout = Duration::from_secs(args.read_timeout.max(1));
-    let mut options = ClientOptions {
-        creds: parse_creds(args.creds.as_deref())?,
-        retry: RetryPolicy {
+    let client = crate::registry_client(
+        args.creds.as_deref(),
+        args.insecure,
+        &reference,
+        RetryPolicy {
             deadline: timeout,
             ..RetryPolicy::default()
         },
-        ..ClientOptions::default()
-    };
-    if args.insecure {
-        options.insecure_registries.push(reference.registry.clone());
-    }
-    let client = Client::new(options)?;
+    )?;
     let fetch_options = FetchOptions {
         cache: CacheOptions {
             dir: args

@@ -9,6 +9,8 @@ mod cmd_inspect;
 mod cmd_mount;
 mod units;
 
+use anyhow::Context;
+
 use std::io::{self, Write};
 use std::process::ExitCode;
 
@@ -66,4 +68,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The registry client for `reference`: credentials from `--creds USER:PASS` (else the usual
+/// auth files, read by the client on a 401), plain HTTP for its registry with `--insecure`.
+fn registry_client(
+    creds: Option<&str>,
+    insecure: bool,
+    reference: &clip_registry::Reference,
+    retry: clip_registry::RetryPolicy,
+) -> anyhow::Result<clip_registry::Client> {
+    let creds = creds
+        .map(|c| {
+            c.split_once(':')
+                .map(|(u, p)| clip_registry::Credentials {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                })
+                .context("--creds must be USER:PASSWORD")
+        })
+        .transpose()?;
+    let mut options = clip_registry::ClientOptions {
+        creds,
+        retry,
+        ..clip_registry::ClientOptions::default()
+    };
+    if insecure {
+        options.insecure_registries.push(reference.registry.clone());
+    }
+    Ok(clip_registry::Client::new(options)?)
 }

@@ -450,6 +450,54 @@ fn busybox_layer() -> Layer {
             Some("busybox"),
         );
     }
+    // A dynamically linked program with its real shared libraries, as `ldd` finds them: the
+    // loader maps them from the mount (through the overlay) at run time.
+    let program = "/usr/bin/sha256sum";
+    let ldd = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .expect("ldd");
+    let mut files = vec![program.to_string()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            files.push(path.to_string());
+        }
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in &files {
+        let mut p = Path::new(f.trim_start_matches('/')).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    for d in dirs.iter().filter(|d| *d != Path::new("bin")) {
+        add(
+            d.to_str().unwrap(),
+            tar::EntryType::Directory,
+            0o755,
+            b"",
+            None,
+        );
+    }
+    for f in &files {
+        // Follow the host's symlinks (the loader is one): the image holds the real bytes.
+        let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        add(
+            f.trim_start_matches('/'),
+            tar::EntryType::Regular,
+            0o755,
+            &bytes,
+            None,
+        );
+    }
     add(
         "etc/passwd",
         tar::EntryType::Regular,
@@ -552,7 +600,7 @@ fn g_runc_boots_from_the_mount_through_overlayfs() {
     config["process"]["terminal"] = false.into();
     config["process"]["args"] = serde_json::json!([
         "/bin/sh", "-c",
-        "cat /etc/os-release; sha256sum /data/blob; echo written > /tmp/out; cat /tmp/out; id -u; exit 7"
+        "cat /etc/os-release; sha256sum /data/blob; /usr/bin/sha256sum /data/blob; echo written > /tmp/out; cat /tmp/out; id -u; exit 7"
     ]);
     config["root"]["readonly"] = false.into();
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
@@ -575,7 +623,7 @@ fn g_runc_boots_from_the_mount_through_overlayfs() {
     );
     assert_eq!(
         stdout,
-        format!("ID=clip-test\n{blob_sha}  /data/blob\nwritten\n0\n")
+        format!("ID=clip-test\n{blob_sha}  /data/blob\n{blob_sha}  /data/blob\nwritten\n0\n")
     );
     // The write went to the overlay's upper layer, never to the image.
     assert!(upper.join("tmp/out").exists());
