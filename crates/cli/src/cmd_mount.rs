@@ -84,6 +84,19 @@ impl ContentSource for FetchContent {
             .map_err(|e| ContentError::new(e.errno(), e.to_string()))
     }
 
+    fn read_cached(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, ContentError>> {
+        // Only final answers come back as errors (no such layer, past its end); anything a
+        // fetch might still fix is `None` from the fetcher, so the read goes to a worker.
+        self.0
+            .read_cached(layer, offset, buf)
+            .map(|r| r.map_err(|e| ContentError::new(e.errno(), e.to_string())))
+    }
+
     fn cached_extent(&self, layer: u32, offset: u64, len: u64) -> Option<(std::fs::File, u64)> {
         self.0.cached_extent(layer, offset, len)
     }
@@ -116,12 +129,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.daemon {
         return run_daemon(&args);
     }
-    let ready = args.ready_on_stdout;
-    match serve(args) {
+    let ready_channel = args.ready_on_stdout;
+    let mut became_ready = false;
+    match serve(args, &mut became_ready) {
         Ok(()) => Ok(()),
-        Err(e) if ready => {
-            // The parent reads this line and exits with our error.
-            println!("error: {e:#}");
+        Err(e) if ready_channel && !became_ready => {
+            // The waiting parent reads this line and exits with our error. (Once it has read
+            // "ready" it is gone, and the error only goes to our log.)
+            let _ = writeln!(std::io::stdout(), "error: {e:#}");
             Err(e)
         }
         Err(e) => Err(e),
@@ -198,7 +213,7 @@ fn run_daemon(args: &Args) -> Result<()> {
     }
 }
 
-fn serve(args: Args) -> Result<()> {
+fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     // The archive lives as long as the mount process.
@@ -251,6 +266,15 @@ fn serve(args: Args) -> Result<()> {
         )
     })?;
 
+    // Signals are caught from before the mount exists, so none can leave a stale mount.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+
     let core = FsCore::new(archive.clone(), Arc::new(FetchContent(fetcher.clone())));
     let mount_options = clip_fuse::MountOptions {
         allow_other: args.allow_other,
@@ -264,19 +288,23 @@ fn serve(args: Args) -> Result<()> {
         tracing::warn!("stats socket unavailable: {e:#}");
     }
 
-    // SIGINT/SIGTERM/SIGHUP unmount, which ends the session below.
+    // The first signal unmounts, which ends the session below. If that cannot finish (files
+    // still open under a lazy detach), a second signal ends the process.
+    let unmounter = mounted.unmounter();
     let dir = args.dir.clone();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("installing signal handlers")?;
-    let signal_handle = signals.handle();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            seen += 1;
+            if seen > 1 {
+                tracing::warn!(
+                    signal = sig,
+                    "second signal: exiting without waiting for the unmount"
+                );
+                std::process::exit(130);
+            }
             tracing::info!(signal = sig, "unmounting");
-            if let Err(e) = clip_fuse::unmount(&dir) {
+            if let Err(e) = unmounter.unmount() {
                 tracing::error!("unmounting {} after signal {sig}: {e}", dir.display());
             }
         }
@@ -285,8 +313,9 @@ fn serve(args: Args) -> Result<()> {
     tracing::info!(image = %meta.reference, dir = %args.dir.display(), "mounted");
     if args.ready_on_stdout {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "ready")?;
-        out.flush()?;
+        // A parent that stopped waiting is no reason to tear the mount down.
+        let _ = writeln!(out, "ready").and_then(|()| out.flush());
+        *became_ready = true;
     }
     let result = mounted.wait();
     signal_handle.close();

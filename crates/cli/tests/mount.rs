@@ -653,6 +653,29 @@ fn h_stale_mount_is_cleared_by_umount() {
 }
 
 #[test]
+fn sigterm_and_sigint_unmount_cleanly() {
+    let s = Setup::new();
+    Image::new()
+        .layer(Layer::from_fixture(
+            "/hello file 0644 0 0 content=\"hi\\n\"",
+        ))
+        .push(&s.registry, "sig:1", ManifestFlavor::Oci);
+    let archive = s.archive("sig:1", &[]);
+    for signal in ["TERM", "INT"] {
+        let dir = s.dir(&format!("mnt-{signal}"));
+        let mount = Mount::start(&archive, &dir, &s.dir("cache"), &[]);
+        assert_eq!(std::fs::read(dir.join("hello")).unwrap(), b"hi\n");
+        let (status, log) = mount.signal_and_wait(signal);
+        assert!(status.success(), "SIG{signal}: {status}\n{log}");
+        assert!(!is_mounted(&dir), "SIG{signal} left the mount");
+        assert!(
+            log.contains("registry requests"),
+            "counters printed:\n{log}"
+        );
+    }
+}
+
+#[test]
 fn mount_errors_leave_no_mount_behind() {
     let s = Setup::new();
     Image::new()

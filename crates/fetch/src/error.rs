@@ -159,6 +159,19 @@ pub enum FetchError {
         span: usize,
     },
 
+    /// The fetch failed on an internal error: the background thread fetching the span
+    /// panicked (the panic is logged; the thread goes on with other fetches).
+    #[error(
+        "fetch of span {span} of layer {layer_digest} failed on an internal error (a fetch \
+         thread panicked; see the log)"
+    )]
+    Panicked {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+    },
+
     /// A background thread could not be started.
     #[error("cannot start a fetch thread: {0}")]
     Thread(#[source] Arc<io::Error>),
@@ -184,6 +197,7 @@ impl FetchError {
             | FetchError::Timeout { .. }
             | FetchError::Cache { .. }
             | FetchError::Cancelled { .. }
+            | FetchError::Panicked { .. }
             | FetchError::Thread(_) => libc::EIO,
         }
     }

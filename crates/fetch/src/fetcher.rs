@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,7 +17,7 @@ use clip_archive::{Archive, Compression, SpanInfo, SpanTable};
 use clip_registry::{Client, Reference, RegistryError};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{self, EntryState, Key, Lookup, SpanCache, HEADER_LEN};
+use crate::cache::{self, Check, EntryState, Key, Lookup, SpanCache, HEADER_LEN};
 use crate::flight::{Claim, Claimed, Flight, Flights, Ready};
 use crate::{FetchError, FetchOptions, FetchStats};
 
@@ -84,18 +85,63 @@ enum Job {
     Readahead { layer: u32, spans: Range<usize> },
 }
 
+/// The jobs waiting for a worker, and what the workers are doing.
+///
+/// **Readahead never starves demand.** At most `workers - 1` readahead jobs run at once: one
+/// worker is always left for demand jobs (fetches a reader waits for), so a demand job never
+/// waits for a readahead fetch to end, however slow or stalled the registry is for it. (It may
+/// wait for other demand jobs: that is what the worker count bounds.) With a single worker
+/// there is no readahead at all (see [`Shared::note_access`]). A readahead job also claims its
+/// spans one run at a time, right before fetching that run, so that a reader wanting a later
+/// span of the job fetches it itself rather than waiting behind the job's earlier runs.
 #[derive(Default)]
 struct Queue {
     demand: VecDeque<Job>,
     readahead: VecDeque<Job>,
     /// Jobs being run by workers.
     running: usize,
+    /// Readahead jobs among them.
+    running_readahead: usize,
+    /// Worker threads.
+    workers: usize,
     shutdown: bool,
 }
 
 impl Queue {
+    fn new(workers: usize) -> Queue {
+        Queue {
+            workers,
+            ..Queue::default()
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.demand.is_empty() && self.readahead.is_empty() && self.running == 0
+    }
+
+    /// The job a free worker takes next (and whether it is readahead), counted as running:
+    /// demand first; readahead only while another worker stays free for demand.
+    fn next_job(&mut self) -> Option<(Job, bool)> {
+        if let Some(job) = self.demand.pop_front() {
+            self.running += 1;
+            return Some((job, false));
+        }
+        if self.running_readahead + 1 < self.workers {
+            if let Some(job) = self.readahead.pop_front() {
+                self.running += 1;
+                self.running_readahead += 1;
+                return Some((job, true));
+            }
+        }
+        None
+    }
+
+    /// A job taken by [`Queue::next_job`] is over.
+    fn job_done(&mut self, readahead: bool) {
+        self.running = self.running.saturating_sub(1);
+        if readahead {
+            self.running_readahead = self.running_readahead.saturating_sub(1);
+        }
     }
 }
 
@@ -131,6 +177,19 @@ pub(crate) struct Shared {
     /// Notified when the queue becomes idle.
     queue_idle: Condvar,
     counters: Counters,
+    /// Test hook: makes every fetch run panic.
+    #[cfg(test)]
+    panic_in_fetch: std::sync::atomic::AtomicBool,
+}
+
+/// What [`Shared::lookup_cached`] found.
+enum Cached {
+    /// A verified entry.
+    Ready(Ready),
+    /// Nothing usable: fetch the span.
+    Miss,
+    /// Another thread is verifying the entry and the caller could not wait (any longer).
+    Busy,
 }
 
 /// One span a read touches.
@@ -174,6 +233,7 @@ impl Shared {
                 readahead_next: AtomicUsize::new(0),
             });
         }
+        let workers = options.workers;
         let shared = Arc::new(Shared {
             archive,
             client,
@@ -182,10 +242,12 @@ impl Shared {
             layers,
             cache,
             flights: Arc::new(Flights::default()),
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue::new(workers)),
             queue_ready: Condvar::new(),
             queue_idle: Condvar::new(),
             counters: Counters::default(),
+            #[cfg(test)]
+            panic_in_fetch: std::sync::atomic::AtomicBool::new(false),
         });
         for n in 0..shared.options.workers {
             let worker = shared.clone();
@@ -321,6 +383,61 @@ impl Shared {
         }
     }
 
+    /// [`crate::Fetcher::read_cached`]: serves the read only when every span it needs is open
+    /// already, or reopens without hashing (see [`Check::Cheap`]). Never claims, fetches,
+    /// waits for a flight or another thread's verification, nor hashes an entry.
+    pub(crate) fn read_cached(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, FetchError>> {
+        let l = match self.layer(layer) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let size = l.uncompressed_size;
+        if offset > size {
+            return Some(Err(FetchError::OutOfRange {
+                layer,
+                offset,
+                size,
+            }));
+        }
+        let len = (buf.len() as u64).min(size - offset);
+        if len == 0 {
+            return Some(Ok(0));
+        }
+        let end = offset + len;
+        let spans = match self.map_spans(l, offset, end) {
+            Ok(spans) => spans,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut parts = Vec::with_capacity(spans.len());
+        let mut readies = Vec::with_capacity(spans.len());
+        for &(i, info) in &spans {
+            match self.lookup_cached(l, i, &info, Check::Cheap) {
+                Cached::Ready(r) => {
+                    parts.push(Part { span: i, info });
+                    readies.push(r);
+                }
+                Cached::Miss | Cached::Busy => return None,
+            }
+        }
+        if let Err(e) = self.copy_out(l, &parts, &readies, offset, end, buf) {
+            // The entry was dropped: `read_at` fetches the span again.
+            tracing::warn!(layer = %l.digest, error = %e, "cached span unreadable");
+            return None;
+        }
+        bump(&self.counters.cache_hits, parts.len() as u64);
+        // A read served here counts for readahead like any other: a sequential reader of
+        // read-ahead spans keeps the window moving.
+        if let Some(&(last, _)) = spans.last() {
+            self.note_access(l, offset, end, last);
+        }
+        Some(Ok(len as usize))
+    }
+
     fn copy_out(
         &self,
         l: &LayerState,
@@ -365,7 +482,8 @@ impl Shared {
     /// Remembers where reads of a layer end and schedules readahead for sequential ones.
     fn note_access(&self, l: &LayerState, offset: u64, end: u64, last_span: usize) {
         let ahead = self.options.readahead_spans;
-        if ahead == 0 {
+        // Readahead needs a worker of its own besides the one kept for demand (see `Queue`).
+        if ahead == 0 || self.options.workers < 2 {
             return;
         }
         let previous_end = l.last_end.swap(end, Ordering::Relaxed);
@@ -413,12 +531,21 @@ impl Shared {
         let mut waits: Vec<(usize, usize, Arc<Flight>)> = Vec::new();
         let mut run: Vec<(SpanInfo, Claim)> = Vec::new();
         for (k, &(i, info)) in spans.iter().enumerate() {
-            if let Some(r) = self.lookup_cached(l, i, &info) {
-                bump(&self.counters.cache_hits, 1);
-                parts.push(Part { span: i, info });
-                ready.push(Some(r));
-                self.submit(l, &mut run, false);
-                continue;
+            match self.lookup_cached(l, i, &info, Check::Full { until: deadline }) {
+                Cached::Ready(r) => {
+                    bump(&self.counters.cache_hits, 1);
+                    parts.push(Part { span: i, info });
+                    ready.push(Some(r));
+                    self.submit(l, &mut run, false);
+                    continue;
+                }
+                Cached::Busy => {
+                    // Another reader's verification of the entry outlasted our deadline.
+                    // What was claimed is fetched all the same (others may wait for it).
+                    self.submit(l, &mut run, false);
+                    return Err(self.timed_out(l, i));
+                }
+                Cached::Miss => {}
             }
             bump(&self.counters.cache_misses, 1);
             parts.push(Part { span: i, info });
@@ -442,16 +569,7 @@ impl Shared {
             match flight.wait(deadline) {
                 Some(Ok(r)) => ready[k] = Some(r),
                 Some(Err(e)) => return Err(e),
-                None => {
-                    bump(&self.counters.timeouts, 1);
-                    tracing::warn!(layer = %l.digest, span, timeout = ?self.options.read_timeout,
-                        "read timed out waiting for a span");
-                    return Err(FetchError::Timeout {
-                        layer_digest: l.digest.to_string(),
-                        span,
-                        after: self.options.read_timeout,
-                    });
-                }
+                None => return Err(self.timed_out(l, span)),
             }
         }
         let readies = ready.into_iter().flatten().collect::<Vec<_>>();
@@ -514,27 +632,56 @@ impl Shared {
         self.queue_ready.notify_one();
     }
 
-    /// A verified cache entry for the span, if there is one.
-    fn lookup_cached(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Option<Ready> {
+    /// A verified cache entry for the span, if there is one (`check`: see [`Check`]).
+    fn lookup_cached(&self, l: &LayerState, i: usize, info: &SpanInfo, check: Check) -> Cached {
         let key: Key = (l.index, i);
         let state = l.entry(i);
         if let Some(file) = self.cache.open_entry(key, state) {
-            return Some(Ready::File(file));
+            return Cached::Ready(Ready::File(file));
         }
         let path = l.span_path(info);
         let source = || self.source_of(l, i, info).ok();
         match self
             .cache
-            .lookup(key, &path, span_len(info), state, &source)
+            .lookup(key, &path, span_len(info), state, &source, check)
         {
-            Lookup::Hit(file) => Some(Ready::File(file)),
-            Lookup::Miss => None,
+            Lookup::Hit(file) => Cached::Ready(Ready::File(file)),
+            Lookup::Miss => Cached::Miss,
+            Lookup::Busy => Cached::Busy,
             Lookup::Corrupt(problem) => {
                 bump(&self.counters.cache_corrupt, 1);
                 tracing::error!(layer = %l.digest, span = i, path = %path.display(), %problem,
-                    "corrupt cache entry deleted; fetching the span again");
-                None
+                    "corrupt cache entry; fetching the span again");
+                Cached::Miss
             }
+        }
+    }
+
+    /// A cached entry for the span that is ready to use right now, if any: a worker that
+    /// holds the span's claim looks (another thread verifying it counts as a miss).
+    fn cached_now(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Option<Ready> {
+        match self.lookup_cached(
+            l,
+            i,
+            info,
+            Check::Full {
+                until: Instant::now(),
+            },
+        ) {
+            Cached::Ready(r) => Some(r),
+            Cached::Miss | Cached::Busy => None,
+        }
+    }
+
+    /// A read gave up waiting for span `span`.
+    fn timed_out(&self, l: &LayerState, span: usize) -> FetchError {
+        bump(&self.counters.timeouts, 1);
+        tracing::warn!(layer = %l.digest, span, timeout = ?self.options.read_timeout,
+            "read timed out waiting for a span");
+        FetchError::Timeout {
+            layer_digest: l.digest.to_string(),
+            span,
+            after: self.options.read_timeout,
         }
     }
 
@@ -583,7 +730,10 @@ impl Shared {
         if offset < info.uncompressed_offset || offset.checked_add(len)? > info.uncompressed_end {
             return None;
         }
-        let Ready::File(file) = self.lookup_cached(l, i, &info)? else {
+        let check = Check::Full {
+            until: self.deadline(),
+        };
+        let Cached::Ready(Ready::File(file)) = self.lookup_cached(l, i, &info, check) else {
             return None;
         };
         let file = file.try_clone().ok()?;
@@ -611,28 +761,49 @@ impl Shared {
 
     fn work(self: Arc<Self>) {
         loop {
-            let job = {
+            let (job, readahead) = {
                 let mut q = lock(&self.queue);
                 loop {
                     if q.shutdown {
                         return;
                     }
-                    if let Some(job) = q.demand.pop_front().or_else(|| q.readahead.pop_front()) {
-                        q.running += 1;
-                        break job;
+                    if let Some(next) = q.next_job() {
+                        break next;
                     }
                     q = self.queue_ready.wait(q).unwrap_or_else(|p| p.into_inner());
                 }
             };
             // Counted as running until it is over, even if it unwinds.
-            let _running = Running(&self);
-            self.run_job(job);
+            let _running = Running {
+                shared: &self,
+                readahead,
+            };
+            // A panic (a bug) must not take the worker with it: the job's claims are dropped
+            // while unwinding, which fails them (their readers get `FetchError::Panicked`), and
+            // the worker goes on with the next job.
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.run_job(job))) {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(not a string)".to_string());
+                tracing::error!(panic = %message, readahead,
+                    "a fetch job panicked; its spans failed, the worker goes on");
+            }
         }
+    }
+
+    fn is_shutdown(&self) -> bool {
+        lock(&self.queue).shutdown
     }
 
     /// Waits until no background job is queued or running, at most `timeout`.
     pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
+        self.wait_queue_idle(deadline) && self.cache.wait_evictor_idle(deadline)
+    }
+
+    fn wait_queue_idle(&self, deadline: Option<Instant>) -> bool {
         let mut q = lock(&self.queue);
         while !q.is_idle() && !q.shutdown {
             let now = Instant::now();
@@ -664,7 +835,7 @@ impl Shared {
                 // published the span already: take it from the cache.
                 let mut runs: Vec<Vec<(SpanInfo, Claim)>> = vec![Vec::new()];
                 for (info, claim) in claims {
-                    if let Some(r) = self.lookup_cached(l, claim.span(), &info) {
+                    if let Some(r) = self.cached_now(l, claim.span(), &info) {
                         claim.complete(Ok(r));
                         runs.push(Vec::new());
                     } else if let Some(run) = runs.last_mut() {
@@ -679,42 +850,55 @@ impl Shared {
                 let Ok(l) = self.layer(layer) else {
                     return;
                 };
-                let mut runs: Vec<Vec<(SpanInfo, Claim)>> = Vec::new();
+                // Claims are taken for one run at a time, right before it is fetched: a span
+                // further on is not held (with readers waiting on it) while earlier runs are
+                // fetched; a reader that wants it meanwhile fetches it itself.
                 let mut run: Vec<(SpanInfo, Claim)> = Vec::new();
                 for i in spans {
+                    if self.is_shutdown() {
+                        return; // claims of `run` dropped: Cancelled
+                    }
                     let Ok(info) = l.spans.get(i) else {
                         break;
                     };
                     if span_len(&info) == 0 || self.cache.exists((l.index, i), &l.span_path(&info))
                     {
-                        runs.push(std::mem::take(&mut run));
+                        self.fetch_readahead(l, &mut run);
                         continue;
                     }
+                    if !run.is_empty() && !self.can_join(l, &run, i, &info) {
+                        self.fetch_readahead(l, &mut run);
+                    }
                     let Some(claim) = self.flights.try_claim((l.index, i), &l.digest) else {
-                        runs.push(std::mem::take(&mut run));
+                        self.fetch_readahead(l, &mut run);
                         continue;
                     };
                     // Published between the check and the claim?
-                    if let Some(r) = self.lookup_cached(l, i, &info) {
+                    if let Some(r) = self.cached_now(l, i, &info) {
                         claim.complete(Ok(r));
-                        runs.push(std::mem::take(&mut run));
+                        self.fetch_readahead(l, &mut run);
                         continue;
-                    }
-                    if !self.can_join(l, &run, i, &info) {
-                        runs.push(std::mem::take(&mut run));
                     }
                     run.push((info, claim));
                 }
-                runs.push(run);
-                for run in runs.into_iter().filter(|r| !r.is_empty()) {
-                    self.fetch_run(l, run, true);
-                }
+                self.fetch_readahead(l, &mut run);
             }
+        }
+    }
+
+    /// Fetches the run a readahead job has claimed so far, if any.
+    fn fetch_readahead(&self, l: &LayerState, run: &mut Vec<(SpanInfo, Claim)>) {
+        if !run.is_empty() {
+            self.fetch_run(l, std::mem::take(run), true);
         }
     }
 
     /// Fetches a run of neighbouring claimed spans and completes every claim.
     fn fetch_run(&self, l: &LayerState, run: Vec<(SpanInfo, Claim)>, readahead: bool) {
+        #[cfg(test)]
+        if self.panic_in_fetch.load(Ordering::SeqCst) {
+            panic!("test hook: a fetch panics");
+        }
         if run.len() == 1 && self.streams(l, &run[0].0) {
             for (info, claim) in run {
                 let result = self.stream_span(l, claim.span(), &info);
@@ -961,37 +1145,58 @@ impl Shared {
             detail,
         };
 
-        let copied: Result<(), FetchError> = {
-            let mut copy = |reader: &mut dyn Read| -> Result<(), FetchError> {
+        // Why a copy stopped before the end of the stream.
+        enum Stop {
+            /// Here, not in the registry's bytes: the cache file cannot take them (ENOSPC...),
+            /// or they are more than the index says.
+            Local(FetchError),
+            /// Reading (decoding) failed.
+            Read(io::Error),
+        }
+        let copied: Result<(), Stop> = {
+            let mut copy = |reader: &mut dyn Read| -> Result<(), Stop> {
                 let mut buf = vec![0u8; STREAM_CHUNK];
                 loop {
                     let n = match reader.read(&mut buf) {
                         Ok(0) => return Ok(()),
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(decode_error(e.to_string())),
+                        Err(e) => return Err(Stop::Read(e)),
                     };
                     if writer.written() + n as u64 > len {
-                        return Err(FetchError::LengthMismatch {
+                        return Err(Stop::Local(FetchError::LengthMismatch {
                             layer_digest: l.digest.to_string(),
                             span: i,
                             expected: len,
                             found: writer.written() + n as u64,
-                        });
+                        }));
                     }
-                    writer.write_all(&buf[..n])?;
+                    writer.write_all(&buf[..n]).map_err(Stop::Local)?;
                 }
             };
             match l.compression {
                 Compression::Zstd => match zstd::stream::read::Decoder::new(&mut hashing) {
                     Ok(mut decoder) => copy(&mut decoder),
-                    Err(e) => Err(decode_error(e.to_string())),
+                    Err(e) => Err(Stop::Read(e)),
                 },
                 Compression::None | Compression::Gzip => copy(&mut hashing),
             }
         };
-        // Read whatever the decoder left (a whole blob is verified by the client at its end,
-        // and a mismatch is better reported than a decode error).
+        let copied = match copied {
+            // A local failure is final whatever the rest of the blob holds: do not download
+            // it (possibly gigabytes) just to hash it.
+            Err(Stop::Local(e)) => {
+                bump(&self.counters.bytes_fetched, hashing.count);
+                return Err(e);
+            }
+            Err(Stop::Read(e)) => Err(decode_error(e.to_string())),
+            Ok(()) => Ok(()),
+        };
+        // Read what the decoder left: the digest covers every compressed byte of the span, and
+        // a whole blob is verified by the client at its end. That is when the decoder stopped
+        // early (trailing bytes after the last frame), or when it failed on bytes that may be
+        // corrupt: a digest mismatch is the better report then (and counted as one). Not after
+        // a registry failure, which is the report.
         let drained = if failure.borrow().is_some() {
             Ok(0)
         } else {
@@ -1033,14 +1238,21 @@ impl Shared {
 }
 
 /// Marks a worker's job as over when dropped.
-struct Running<'a>(&'a Shared);
+struct Running<'a> {
+    shared: &'a Shared,
+    readahead: bool,
+}
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let mut q = lock(&self.0.queue);
-        q.running = q.running.saturating_sub(1);
+        let mut q = lock(&self.shared.queue);
+        q.job_done(self.readahead);
         if q.is_idle() {
-            self.0.queue_idle.notify_all();
+            self.shared.queue_idle.notify_all();
+        }
+        if self.readahead && !q.readahead.is_empty() {
+            // A readahead slot is free: an idle worker may take the next readahead job.
+            self.shared.queue_ready.notify_one();
         }
     }
 }
@@ -1127,5 +1339,163 @@ impl Read for RangeChunks<'_> {
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CacheOptions;
+    use clip_archive::{write_archive, FileType, ImageMeta, Inode, Layer, Platform, Span, Tree};
+    use clip_registry::{ClientOptions, RetryPolicy};
+
+    fn readahead(from: usize) -> Job {
+        Job::Readahead {
+            layer: 0,
+            spans: from..from + 4,
+        }
+    }
+
+    fn demand() -> Job {
+        Job::Fetch {
+            layer: 0,
+            claims: Vec::new(),
+            readahead: false,
+        }
+    }
+
+    #[test]
+    fn readahead_always_leaves_a_worker_for_demand() {
+        let mut q = Queue::new(2);
+        q.readahead.push_back(readahead(0));
+        q.readahead.push_back(readahead(4));
+        assert!(matches!(q.next_job(), Some((Job::Readahead { .. }, true))));
+        // One readahead job runs (stalled, say): the other worker is kept for demand.
+        assert!(q.next_job().is_none());
+        q.demand.push_back(demand());
+        q.demand.push_back(demand());
+        assert!(matches!(q.next_job(), Some((Job::Fetch { .. }, false))));
+        // Demand is bounded by nothing but the workers themselves.
+        assert!(matches!(q.next_job(), Some((Job::Fetch { .. }, false))));
+        q.job_done(false);
+        q.job_done(false);
+        assert!(q.next_job().is_none(), "the first readahead job still runs");
+        q.job_done(true);
+        assert!(matches!(
+            q.next_job(),
+            Some((Job::Readahead { spans, .. }, true)) if spans == (4..8)
+        ));
+        q.job_done(true);
+        assert!(q.is_idle());
+
+        // Four workers: three readahead jobs at once, never four.
+        let mut q = Queue::new(4);
+        for i in 0..5 {
+            q.readahead.push_back(readahead(4 * i));
+        }
+        for _ in 0..3 {
+            assert!(matches!(q.next_job(), Some((_, true))));
+        }
+        assert!(q.next_job().is_none());
+        q.demand.push_back(demand());
+        assert!(matches!(q.next_job(), Some((_, false))));
+
+        // One worker: it is the demand worker; readahead never runs.
+        let mut q = Queue::new(1);
+        q.readahead.push_back(readahead(0));
+        assert!(q.next_job().is_none());
+    }
+
+    const DIGEST: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    /// One uncompressed layer of 100 bytes in one span, served by nobody.
+    fn unreachable_fetcher(cache: &std::path::Path, workers: usize) -> Arc<Shared> {
+        let tree = Tree::new(Inode::new(FileType::Directory, 0o755));
+        let meta = ImageMeta {
+            reference: "127.0.0.1:1/unit:1".into(),
+            manifest_digest: "sha256:00".into(),
+            manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            platform: Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+            },
+            config_digest: "sha256:11".into(),
+            config: "{}".into(),
+        };
+        let layer = Layer {
+            digest: DIGEST.into(),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            compression: Compression::None,
+            compressed_size: 100,
+            uncompressed_size: 100,
+            diff_id: DIGEST.into(),
+            span_size: 1 << 20,
+            spans: vec![Span {
+                compressed_offset: 0,
+                compressed_end: 100,
+                uncompressed_offset: 0,
+                bits: 0,
+                window: Vec::new(),
+                digest: [0; 32],
+            }],
+        };
+        let bytes = write_archive(&meta, &[layer], &tree).unwrap();
+        let archive = Arc::new(Archive::open(Box::leak(bytes.into_boxed_slice())).unwrap());
+        // A port nobody listens on: fetches fail at once with a registry error.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let reference: Reference = format!("127.0.0.1:{port}/unit:1").parse().unwrap();
+        let client = Client::new(ClientOptions {
+            retry: RetryPolicy {
+                max_attempts: 1,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+                deadline: Duration::from_secs(10),
+            },
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let options = FetchOptions {
+            cache: CacheOptions {
+                dir: cache.to_path_buf(),
+                max_bytes: 1 << 30,
+            },
+            // Only a dead worker would make a read wait this long.
+            read_timeout: Duration::from_secs(120),
+            workers,
+            ..FetchOptions::default()
+        };
+        Shared::start(archive, client, reference, options).unwrap()
+    }
+
+    #[test]
+    fn a_panicking_fetch_fails_its_readers_and_the_worker_goes_on() {
+        let cache = tempfile::tempdir().unwrap();
+        // One worker: if the panic killed it, nothing would serve the second read.
+        let shared = unreachable_fetcher(cache.path(), 1);
+        let mut buf = [0u8; 10];
+        shared.panic_in_fetch.store(true, Ordering::SeqCst);
+        let err = shared.read_at(0, 0, &mut buf).unwrap_err();
+        assert!(
+            matches!(err, FetchError::Panicked { span: 0, .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(shared.wait_idle(Duration::from_secs(60)));
+
+        // The same worker takes the next job (which fails for want of a registry, not of a
+        // worker), and the failed span was not remembered as claimed.
+        shared.panic_in_fetch.store(false, Ordering::SeqCst);
+        let err = shared.read_at(0, 0, &mut buf).unwrap_err();
+        assert!(
+            matches!(err, FetchError::Registry { span: Some(0), .. }),
+            "{err:?}"
+        );
+        assert_eq!(shared.stats().timeouts, 0);
+        shared.shutdown();
     }
 }

@@ -98,8 +98,9 @@ impl Flights {
     }
 }
 
-/// The duty to fetch one span. Completing it wakes the waiters; dropping it uncompleted (a
-/// dropped job, a panic) wakes them with [`FetchError::Cancelled`].
+/// The duty to fetch one span. Completing it wakes the waiters; dropping it uncompleted wakes
+/// them with [`FetchError::Cancelled`] (a dropped job) or [`FetchError::Panicked`] (dropped
+/// while its thread unwinds from a panic).
 #[derive(Debug)]
 pub(crate) struct Claim {
     flights: Arc<Flights>,
@@ -150,9 +151,12 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if !self.done {
-            let error = FetchError::Cancelled {
-                layer_digest: self.layer_digest.to_string(),
-                span: self.key.1,
+            let layer_digest = self.layer_digest.to_string();
+            let span = self.key.1;
+            let error = if std::thread::panicking() {
+                FetchError::Panicked { layer_digest, span }
+            } else {
+                FetchError::Cancelled { layer_digest, span }
             };
             self.finish(Err(error));
         }

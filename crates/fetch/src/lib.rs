@@ -31,10 +31,13 @@
 //!    straight into the cache file, and published only once its digest matched.
 //! 5. **Readahead.** A read that starts where the previous read of the same layer ended looks
 //!    sequential: the next [`FetchOptions::readahead_spans`] spans are fetched in the
-//!    background, claimed through the same single-flight map.
+//!    background, claimed through the same single-flight map, one run at a time. Readahead
+//!    never occupies the last free worker: fetches a reader waits for always have one.
 //!
 //! No lock is held across network or disk I/O: a slow fetch never blocks lookups or reads of
-//! cached spans. Memory use is bounded: span buffers are transient, at most 256 cache files are
+//! cached spans, and [`Fetcher::read_cached`] serves cached bytes without waiting for anything.
+//! A panic in a background fetch fails that fetch's spans (`EIO` for their readers) and is
+//! logged; the worker goes on. Cache eviction runs on a thread of its own. Memory use is bounded: span buffers are transient, at most 256 cache files are
 //! kept open, and nothing else is cached in memory.
 //!
 //! # Time bounds
@@ -124,7 +127,7 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// The effective uid, without `unsafe`: `/proc/self` belongs to it.
-fn effective_uid() -> Option<u32> {
+pub(crate) fn effective_uid() -> Option<u32> {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(Path::new("/proc/self"))
         .ok()
@@ -146,7 +149,9 @@ pub struct FetchOptions {
     /// Most compressed bytes one Range request may cover when neighbouring spans are
     /// coalesced. Default 8 MiB.
     pub max_request_bytes: u64,
-    /// Background fetch threads: they bound concurrent registry requests. Default 4.
+    /// Background fetch threads: they bound concurrent registry requests. Default 4. One of
+    /// them is always kept for fetches a read waits for: readahead runs on at most
+    /// `workers - 1` at a time, so with 1 worker there is no readahead.
     pub workers: usize,
 }
 
@@ -224,6 +229,26 @@ impl Fetcher {
         self.shared.read_at(layer, offset, buf)
     }
 
+    /// [`Fetcher::read_at`] for bytes that are in the cache already, without ever waiting:
+    /// `Some` only when every span the read needs has a cache entry this process has open and
+    /// verified (or verified before and finds unchanged: a 64-byte header check, never a hash
+    /// of the content). It never claims or fetches a span, never waits for a fetch or for
+    /// another thread verifying an entry. `None` means "not (entirely) available that way":
+    /// call `read_at`. `Some(Err(_))` only for a read `read_at` would refuse too (no such
+    /// layer, offset past its end). Hits are counted as `read_at` counts them, and the read
+    /// counts for readahead.
+    ///
+    /// Meant for a filesystem's request thread, so that reads of cached data never queue
+    /// behind reads waiting on the network.
+    pub fn read_cached(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, FetchError>> {
+        self.shared.read_cached(layer, offset, buf)
+    }
+
     /// Makes sure every span covering `range` of the layer's uncompressed stream is in the
     /// cache (fetching what is missing, coalesced), without copying bytes anywhere.
     pub fn prefetch(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
@@ -237,8 +262,9 @@ impl Fetcher {
         self.shared.cached_extent(layer, offset, len)
     }
 
-    /// Waits until no background fetch (readahead included) is queued or running, at most
-    /// `timeout`; returns whether that is the case. For warm-up and tests.
+    /// Waits until no background fetch (readahead included) is queued or running and the cache
+    /// eviction that writes may have started is over, at most `timeout`; returns whether that
+    /// is the case. For warm-up and tests.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         self.shared.wait_idle(timeout)
     }

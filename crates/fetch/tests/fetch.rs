@@ -602,12 +602,15 @@ fn eviction_keeps_the_cache_under_its_bound() {
         let got = read(&fetcher, 0, pos as u64, 50_000).unwrap();
         assert_same(&got, &tar[pos..pos + got.len()], "read");
         pos += got.len();
+        // Eviction runs in the background, never while a read waits.
+        assert!(fetcher.wait_idle(Duration::from_secs(60)));
         assert!(disk() <= max, "{} bytes cached, bound {max}", disk());
     }
     assert!(disk() > 0);
     // Evicted spans come back.
     let got = read(&fetcher, 0, 0, 100_000).unwrap();
     assert_same(&got, &tar[..100_000], "re-read of evicted spans");
+    assert!(fetcher.wait_idle(Duration::from_secs(60)));
     assert!(disk() <= max);
     let stats = fetcher.stats();
     assert!(
@@ -775,4 +778,327 @@ fn a_read_times_out_and_a_later_read_succeeds() {
     let got = read(&fetcher, 0, 0, 4096).unwrap();
     assert_same(&got, &setup.tars[0][..4096], "after the timeout");
     drop(stalled);
+}
+
+#[test]
+fn read_cached_serves_only_what_is_cached_and_verified() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 1_000_000, 17)],
+        "fetch:cached",
+    );
+    let mut options = setup.options();
+    options.readahead_spans = 0;
+    let fetcher = setup.fetcher(options.clone());
+    let tar = &setup.tars[0];
+    let (a, _) = setup.span_range(0, 2);
+    let (_, b) = setup.span_range(0, 3);
+    let (offset, len) = (a + 100, (b - a - 200) as usize);
+    assert_eq!(setup.spans_of(0, offset, len as u64), vec![2, 3]);
+    let want = &tar[offset as usize..offset as usize + len];
+    let mut buf = vec![0u8; len];
+
+    // Nothing cached: None, and nothing fetched or counted.
+    assert!(fetcher.read_cached(0, offset, &mut buf).is_none());
+    // Half of it cached: still None (it never fetches the other half).
+    read(&fetcher, 0, a, 10).unwrap();
+    assert!(fetcher.read_cached(0, offset, &mut buf).is_none());
+    let stats = fetcher.stats();
+    assert_eq!(stats.registry_requests, 1, "{stats:?}");
+    assert_eq!((stats.cache_hits, stats.cache_misses), (0, 1), "{stats:?}");
+
+    // After a read_at of the range, read_cached serves it, counting hits like read_at.
+    assert_same(&read(&fetcher, 0, offset, len).unwrap(), want, "read_at");
+    let before = fetcher.stats();
+    buf.fill(0);
+    let n = fetcher.read_cached(0, offset, &mut buf).unwrap().unwrap();
+    assert_same(&buf[..n], want, "read_cached");
+    let after = fetcher.stats();
+    assert_eq!(after.cache_hits - before.cache_hits, 2, "{after:?}");
+    assert_eq!(after.cache_misses, before.cache_misses, "{after:?}");
+    assert_eq!(after.registry_requests, before.registry_requests);
+
+    // Requests read_at would refuse too are answered; the end of the layer reads nothing.
+    let size = tar.len() as u64;
+    assert!(matches!(
+        fetcher.read_cached(0, size + 1, &mut buf),
+        Some(Err(FetchError::OutOfRange { .. }))
+    ));
+    assert!(matches!(
+        fetcher.read_cached(7, 0, &mut buf),
+        Some(Err(FetchError::Archive(_)))
+    ));
+    assert!(matches!(
+        fetcher.read_cached(0, size, &mut buf),
+        Some(Ok(0))
+    ));
+    drop(fetcher);
+
+    // Another process on the warm cache: the entries are there but not verified by it yet,
+    // and read_cached never hashes one. Once read_at verified them, read_cached serves them.
+    let warm = Fetcher::new(
+        setup.archive.clone(),
+        client(),
+        closed_port_reference(),
+        options,
+    )
+    .unwrap();
+    assert!(warm.read_cached(0, offset, &mut buf).is_none());
+    assert_same(&read(&warm, 0, offset, len).unwrap(), want, "warm read_at");
+    buf.fill(0);
+    let n = warm.read_cached(0, offset, &mut buf).unwrap().unwrap();
+    assert_same(&buf[..n], want, "warm read_cached");
+    assert_eq!(warm.stats().registry_requests, 0);
+}
+
+/// A registry stand-in for one blob: answers Range requests (`206`, one per connection),
+/// except that a request starting at a *stalled* offset gets no answer until
+/// [`StallingBlobServer::release`].
+struct StallingBlobServer {
+    addr: String,
+    state: Arc<(std::sync::Mutex<StallState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct StallState {
+    released: bool,
+    stop: bool,
+    /// Requests held so far.
+    stalled: usize,
+}
+
+impl StallingBlobServer {
+    fn start(blob: Vec<u8>, stall_at: Vec<u64>) -> StallingBlobServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = Arc::new((
+            std::sync::Mutex::new(StallState::default()),
+            std::sync::Condvar::new(),
+        ));
+        let (blob, stall_at, shared) = (Arc::new(blob), Arc::new(stall_at), state.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if shared.0.lock().unwrap().stop {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (blob, stall_at, shared) = (blob.clone(), stall_at.clone(), shared.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_one(conn, &blob, &stall_at, &shared);
+                });
+            }
+        });
+        StallingBlobServer { addr, state }
+    }
+
+    /// Waits until `n` requests are being held.
+    fn wait_stalled(&self, n: usize) {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        while s.stalled < n {
+            s = cv.wait(s).unwrap();
+        }
+    }
+
+    fn stalled(&self) -> usize {
+        self.state.0.lock().unwrap().stalled
+    }
+
+    fn release(&self) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap().released = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for StallingBlobServer {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.state;
+        {
+            let mut s = m.lock().unwrap();
+            s.released = true;
+            s.stop = true;
+        }
+        cv.notify_all();
+        let _ = std::net::TcpStream::connect(&self.addr); // wakes the accept loop
+    }
+}
+
+fn serve_one(
+    conn: std::net::TcpStream,
+    blob: &[u8],
+    stall_at: &[u64],
+    state: &(std::sync::Mutex<StallState>, std::sync::Condvar),
+) -> std::io::Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("range") {
+                range = value
+                    .trim()
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+            }
+        }
+    }
+    let (first, last) = range.unwrap_or((0, blob.len() as u64 - 1));
+    if stall_at.contains(&first) {
+        let (m, cv) = state;
+        let mut s = m.lock().unwrap();
+        s.stalled += 1;
+        cv.notify_all();
+        while !s.released {
+            s = cv.wait(s).unwrap();
+        }
+    }
+    let body = &blob[first as usize..=last as usize];
+    let mut out = conn;
+    write!(
+        out,
+        "HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\nContent-Range: bytes {first}-{last}/{}\r\n\
+         Connection: close\r\n\r\n",
+        body.len(),
+        blob.len()
+    )?;
+    out.write_all(body)?;
+    out.flush()
+}
+
+#[test]
+fn stalled_readahead_never_blocks_a_demand_read() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 3_000_000, 18)],
+        "fetch:starve",
+    );
+    assert!(setup.span_count(0) > 21, "{} spans", setup.span_count(0));
+    let spans = setup.archive.spans(0).unwrap();
+    let c_off = |i: usize| spans.get(i).unwrap().compressed_offset;
+    // The two readahead windows below start at spans 1 and 11: the registry holds those.
+    let blob = std::fs::read(setup.registry.blob_path(&setup.digests[0])).unwrap();
+    let server = StallingBlobServer::start(blob, vec![c_off(1), c_off(11)]);
+    let reference: Reference = format!("{}/fetch:starve", server.addr).parse().unwrap();
+    let mut options = setup.options();
+    options.workers = 2;
+    options.readahead_spans = 4;
+    let fetcher = Fetcher::new(setup.archive.clone(), client(), reference, options).unwrap();
+    let tar = &setup.tars[0];
+    let check = |offset: u64, what: &str| {
+        let got = read(&fetcher, 0, offset, 1000).unwrap();
+        assert_same(&got, &tar[offset as usize..offset as usize + 1000], what);
+    };
+
+    // A sequential reader at the start: readahead of spans 1..5 starts and stalls.
+    check(0, "span 0");
+    check(1000, "span 0, sequentially");
+    server.wait_stalled(1);
+    // A sequential reader elsewhere: a second readahead job (spans 11..15) is queued.
+    let (s10, _) = setup.span_range(0, 10);
+    check(s10, "span 10");
+    check(s10 + 1000, "span 10, sequentially");
+    // A demand read of another span is served: one worker is always kept for demand, so the
+    // second readahead job has not even started.
+    let (s20, _) = setup.span_range(0, 20);
+    check(s20, "span 20, while readahead stalls");
+    assert_eq!(server.stalled(), 1, "a second readahead job ran");
+
+    // Once the registry answers, both readahead jobs complete.
+    server.release();
+    assert!(fetcher.wait_idle(Duration::from_secs(60)));
+    let stats = fetcher.stats();
+    assert_eq!(stats.readahead_spans, 8, "{stats:?}");
+    assert_eq!(stats.fetch_errors, 0, "{stats:?}");
+    assert_eq!(server.stalled(), 2);
+}
+
+/// Where span `span` of `layer` is cached (its directory created).
+fn entry_path(setup: &Setup, layer: usize, span: usize) -> PathBuf {
+    let hex = setup.digests[layer].strip_prefix("sha256:").unwrap();
+    let dir = setup
+        .cache
+        .path()
+        .join("v1/spans")
+        .join(&hex[..2])
+        .join(hex);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(entry_name(setup, layer as u32, span))
+}
+
+#[test]
+fn fifos_symlinks_and_directories_at_entry_paths_are_not_served() {
+    let setup = setup(
+        vec![layer(Compression::Gzip, 1_000_000, 19)],
+        "fetch:planted",
+    );
+    let mut options = setup.options();
+    options.readahead_spans = 0;
+    let tar = &setup.tars[0];
+    let want = |span: usize| {
+        let (a, b) = setup.span_range(0, span);
+        &tar[a as usize..b as usize]
+    };
+    let read_span = |fetcher: &Fetcher, span: usize| {
+        let (a, b) = setup.span_range(0, span);
+        let got = read(fetcher, 0, a, (b - a) as usize).unwrap();
+        assert_same(&got, want(span), &format!("span {span}"));
+    };
+
+    // A sound entry of span 2, moved out of the cache and symlinked back into place.
+    {
+        let fetcher = setup.fetcher(options.clone());
+        read_span(&fetcher, 2);
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("entry");
+    std::fs::rename(entry_path(&setup, 0, 2), &target).unwrap();
+    std::os::unix::fs::symlink(&target, entry_path(&setup, 0, 2)).unwrap();
+    // A FIFO at span 1's path: opening it for reading would block until a writer came.
+    let fifo = entry_path(&setup, 0, 1);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A directory at span 3's path: not ours to delete, and nothing can be published there.
+    let dir = entry_path(&setup, 0, 3);
+    std::fs::create_dir(&dir).unwrap();
+
+    let fetcher = setup.fetcher(options);
+    for span in [1, 2, 3] {
+        read_span(&fetcher, span);
+    }
+    let stats = fetcher.stats();
+    assert_eq!(
+        stats.cache_corrupt, 2,
+        "the FIFO and the symlink: {stats:?}"
+    );
+    assert_eq!(
+        stats.spans_fetched, 3,
+        "the symlink was not followed: {stats:?}"
+    );
+    // The FIFO and the symlink were replaced by real entries; the symlink's target is intact.
+    for span in [1, 2] {
+        let meta = std::fs::symlink_metadata(entry_path(&setup, 0, span)).unwrap();
+        assert!(meta.is_file(), "span {span}: {:?}", meta.file_type());
+    }
+    assert!(target.is_file());
+    // The directory stays: span 3 is served from memory, fetched again on each read.
+    assert!(std::fs::symlink_metadata(&dir).unwrap().is_dir());
+    for span in [1, 2, 3] {
+        read_span(&fetcher, span);
+    }
+    let stats = fetcher.stats();
+    assert_eq!(stats.spans_fetched, 4, "{stats:?}");
+    assert_eq!(stats.cache_hits, 2, "{stats:?}");
+    assert_eq!(stats.fetch_errors, 0, "{stats:?}");
 }

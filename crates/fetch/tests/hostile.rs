@@ -154,3 +154,70 @@ fn a_cache_dir_that_cannot_be_created_is_an_error() {
     let err = fetcher(a, &file).unwrap_err();
     assert!(matches!(err, FetchError::Cache { .. }), "{err:?}");
 }
+
+#[test]
+fn a_streamed_span_longer_than_the_index_says_stops_at_once() {
+    // A 4 MB uncompressed blob whose index says its second span holds 1 MB: streamed in
+    // 100 kB requests, the copy notices after 1 MB and 100 kB, and stops there rather than
+    // downloading the remaining 3 MB only to hash them.
+    let registry = clip_testkit::Registry::start();
+    let blob: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = registry.client().push_blob("hostile", &blob).unwrap();
+    let span_digest = |bytes: &[u8]| -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(bytes).into()
+    };
+    let mut l = layer(&digest, Compression::None, blob.len() as u64, Vec::new());
+    l.uncompressed_size = 1_000_100;
+    l.spans = vec![
+        Span {
+            digest: span_digest(&blob[..100]),
+            ..span(0, 100, 0)
+        },
+        Span {
+            digest: span_digest(&blob[100..]),
+            ..span(100, blob.len() as u64, 100)
+        },
+    ];
+    let cache = tempfile::tempdir().unwrap();
+    let options = FetchOptions {
+        cache: CacheOptions {
+            dir: cache.path().to_path_buf(),
+            max_bytes: 1 << 30,
+        },
+        max_request_bytes: 100_000,
+        readahead_spans: 0,
+        ..FetchOptions::default()
+    };
+    let reference: Reference = format!("{}/hostile:1", registry.addr()).parse().unwrap();
+    let f = Fetcher::new(
+        archive(l),
+        Client::new(ClientOptions::default()).unwrap(),
+        reference,
+        options,
+    )
+    .unwrap();
+    let mut buf = [0u8; 16];
+    let err = f.read_at(0, 500, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FetchError::LengthMismatch {
+                span: 1,
+                expected: 1_000_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let stats = f.stats();
+    assert_eq!(stats.registry_requests, 11, "{stats:?}");
+    assert_eq!(stats.bytes_fetched, 1_100_000, "{stats:?}");
+    // Nothing of it was cached, not even a temp file.
+    let leftovers: Vec<_> = std::fs::read_dir(cache.path().join("v1/spans"))
+        .unwrap()
+        .flat_map(|prefix| std::fs::read_dir(prefix.unwrap().path()).unwrap())
+        .flat_map(|layer| std::fs::read_dir(layer.unwrap().path()).unwrap())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -8,14 +8,39 @@ use std::fmt;
 /// (the fetcher: Range requests, span verification, inflation, cache) lives in another crate
 /// and is plugged in by the binary; tests use [`crate::testing::MemoryContent`].
 ///
-/// Implementations are called from many threads at once and may block (a fetch); they should
-/// bound the time they block and fail with [`ContentError`] rather than hang.
+/// Implementations are called from many threads at once. [`ContentSource::read_at`] may block
+/// (a fetch); it should bound the time it blocks and fail with [`ContentError`] rather than
+/// hang. [`ContentSource::read_cached`] must not block at all.
 pub trait ContentSource: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset` of layer `layer`'s uncompressed tar stream
     /// into `buf` and returns how many were read. A short count is allowed (the core asks again
     /// for the rest); `Ok(0)` means nothing is there (the core then reports `EIO` if it
     /// expected bytes).
     fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError>;
+
+    /// Like [`ContentSource::read_at`], but **never blocks**: `Some` only when the bytes at
+    /// `offset` are available locally (cached and verified) without waiting for a fetch, a
+    /// lock held across a fetch, or anything else slow; `None` otherwise. The FUSE adapter
+    /// calls it on the thread that received the request, so that reads of cached data are
+    /// never queued behind reads waiting on the network; on `None` the read goes to a worker
+    /// thread and [`ContentSource::read_at`].
+    ///
+    /// - `Some(Ok(n))`: `n` bytes of `buf` were filled. A short count is allowed (the core
+    ///   asks again for the rest; if that answers `None`, the whole read goes to `read_at`
+    ///   and the bytes read so far are discarded). `Some(Ok(0))` is treated like `None`.
+    /// - `Some(Err(e))`: the read fails with `e`, without asking `read_at`. Return `None`
+    ///   instead when `read_at` might still succeed.
+    /// - `None`: not (entirely) available without waiting.
+    ///
+    /// The default answers `None`: every read goes through `read_at`.
+    fn read_cached(
+        &self,
+        _layer: u32,
+        _offset: u64,
+        _buf: &mut [u8],
+    ) -> Option<Result<usize, ContentError>> {
+        None
+    }
 
     /// Optional: a local file holding `[offset, offset + len)` of layer `layer`, and the
     /// position of byte `offset` in that file. Meant for FUSE passthrough, which needs a

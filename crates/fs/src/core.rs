@@ -1,12 +1,13 @@
 //! [`FsCore`]: the filesystem operations over an archive and a content source.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clip_archive::{Archive, DirEntries, FileType, Ino, InodeRef};
 
-use crate::content::ContentSource;
+use crate::content::{ContentError, ContentSource};
 use crate::error::FsError;
 
 /// Block size reported by `stat` (`st_blksize`) and `statfs`.
@@ -93,8 +94,9 @@ pub struct StatFs {
 /// The read-only filesystem over one archive.
 ///
 /// Every method takes `&self` and may be called from many threads at once. Metadata
-/// operations read only the archive (memory); [`FsCore::read`] is the one that reaches the
-/// [`ContentSource`], and may block as long as the source does.
+/// operations read only the archive (memory); [`FsCore::read`] and [`FsCore::read_into`] are
+/// the ones that reach the [`ContentSource`], and may block as long as the source does;
+/// [`FsCore::read_cached`] reaches it too but never blocks.
 pub struct FsCore {
     archive: Arc<Archive<'static>>,
     content: Arc<dyn ContentSource>,
@@ -221,6 +223,35 @@ impl FsCore {
         self.read_node(&node, offset, buf)
     }
 
+    /// [`FsCore::read_into`] served only from bytes the content source has at hand
+    /// ([`ContentSource::read_cached`]): never blocks on a fetch.
+    ///
+    /// `None` when any part of the range is not available that way: nothing was read that
+    /// counts (bytes already copied into `buf` are to be ignored), and the caller asks
+    /// [`FsCore::read_into`] instead, on a thread that may block. `Some` is the same answer
+    /// `read_into` would give: clipped at the end of the file, and never a short read for a
+    /// missing part. Answers that need no bytes (a size-0 file, a read at or past the end,
+    /// `EISDIR`, a stale inode...) are always `Some` and never reach the content source.
+    pub fn read_cached(
+        &self,
+        ino: Ino,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, FsError>> {
+        let node = match self.file_node(ino) {
+            Ok(node) => node,
+            Err(err) => return Some(Err(err)),
+        };
+        self.fill(&node, offset, buf, |layer, at, rest| {
+            match self.content.read_cached(layer, at, rest) {
+                // "Nothing there" is for `read_at` to say (it reports the error).
+                None | Some(Ok(0)) => Err(()),
+                Some(answer) => Ok(answer),
+            }
+        })
+        .ok()
+    }
+
     /// The value of extended attribute `name` of `ino`, or its length when `size` is 0.
     /// `ENODATA` when there is none, `ERANGE` when it does not fit in `size` bytes.
     pub fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
@@ -312,46 +343,65 @@ impl FsCore {
             .map_err(|source| FsError::Archive { ino: dir, source })
     }
 
-    /// Fills `buf` (up to the end of the file) from the content source.
+    /// Fills `buf` (up to the end of the file) from the content source, blocking as long as
+    /// it does.
     fn read_node(
         &self,
         node: &InodeRef<'static>,
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, FsError> {
+        let Ok(read) = self.fill(node, offset, buf, |layer, at, rest| {
+            Ok::<_, Infallible>(self.content.read_at(layer, at, rest))
+        });
+        read
+    }
+
+    /// Fills `buf` (up to the end of the file) with what `source` gives for the file's bytes,
+    /// asking again after short counts. Stops with `Err(miss)` as soon as `source` answers
+    /// `Err(miss)`, discarding what was read.
+    fn fill<M>(
+        &self,
+        node: &InodeRef<'static>,
+        offset: u64,
+        buf: &mut [u8],
+        mut source: impl FnMut(u32, u64, &mut [u8]) -> Result<Result<usize, ContentError>, M>,
+    ) -> Result<Result<usize, FsError>, M> {
         let ino = node.ino();
         let size = node.size();
         let len = read_len(size, offset, buf.len() as u64);
         if len == 0 {
-            return Ok(0);
+            return Ok(Ok(0));
         }
-        let loc = node.data().ok_or(FsError::NoContentLocation(ino, size))?;
+        let Some(loc) = node.data() else {
+            return Ok(Err(FsError::NoContentLocation(ino, size)));
+        };
         // The archive checked that data.offset + size fits in the layer, and offset < size.
         let start = loc.offset.saturating_add(offset);
         let mut done = 0;
         while let Some(rest) = buf.get_mut(done..len).filter(|r| !r.is_empty()) {
             let at = start.saturating_add(done as u64);
-            match self.content.read_at(loc.layer, at, rest) {
+            match source(loc.layer, at, rest)? {
                 Ok(0) => {
-                    return Err(FsError::ShortContent {
+                    return Ok(Err(FsError::ShortContent {
                         ino,
                         layer: loc.layer,
                         offset: at,
                         missing: (len - done) as u64,
-                    })
+                    }))
                 }
                 Ok(n) => done += n.min(rest.len()),
                 Err(source) => {
-                    return Err(FsError::Content {
+                    return Ok(Err(FsError::Content {
                         ino,
                         layer: loc.layer,
                         offset: at,
                         source,
-                    })
+                    }))
                 }
             }
         }
-        Ok(len)
+        Ok(Ok(len))
     }
 }
 
@@ -473,7 +523,6 @@ mod tests {
     use clip_archive::{Inode, ROOT_INO};
 
     use super::*;
-    use crate::content::ContentError;
     use crate::testing::{ImageBuilder, MemoryContent};
 
     struct Fixture {
@@ -492,6 +541,11 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(|_, _| {})
+    }
+
+    /// The fixture, with `prepare` setting the content source up (cached ranges...).
+    fn fixture_with(prepare: impl FnOnce(&Archive<'static>, &mut MemoryContent)) -> Fixture {
         let mut b = ImageBuilder::new();
         b.dir("/etc", 0o755);
         b.file("/etc/hostname", 0o644, b"clip\n");
@@ -527,7 +581,8 @@ mod tests {
         for i in 0..50 {
             b.file(&format!("/many/f{i:03}"), 0o644, b"");
         }
-        let (archive, content) = b.build().unwrap();
+        let (archive, mut content) = b.build().unwrap();
+        prepare(&archive, &mut content);
         let content = Arc::new(content);
         Fixture {
             core: FsCore::new(archive, content.clone()),
@@ -724,6 +779,168 @@ mod tests {
         assert_eq!(f.core.read(f.ino("/etc/hostname"), 5, 4096).unwrap(), b"");
         assert_eq!(f.core.read(f.ino("/etc/hostname"), 0, 0).unwrap(), b"");
         assert_eq!(f.content.reads(), before);
+    }
+
+    #[test]
+    fn read_cached_answers_like_read_into_when_everything_is_cached() {
+        let f = fixture_with(|_, content| content.cache(0, 0..u64::MAX));
+        let cases: &[(&str, u64, usize)] = &[
+            ("/etc/hostname", 0, 4096),
+            ("/etc/hostname", 2, 2),
+            ("/etc/hostname", 3, 100),
+            ("/etc/hostname", 5, 100),
+            ("/etc/hostname", u64::MAX, 100),
+            ("/etc/hostname", 0, 0),
+            ("/empty", 0, 4096),
+            ("/bin/busybox", 0, 32 * 1024),
+            ("/bin/busybox", 65_536, 128 * 1024),
+            ("/bin/busybox", 99_995, 10),
+            ("/bin/busybox", 100_000, 10),
+        ];
+        for &(path, offset, size) in cases {
+            let ino = f.ino(path);
+            let mut want = vec![0; size];
+            let want_n = f.core.read_into(ino, offset, &mut want).unwrap();
+            let mut got = vec![0; size];
+            let got_n = f
+                .core
+                .read_cached(ino, offset, &mut got)
+                .unwrap_or_else(|| panic!("{path} at {offset}: not served from the cache"))
+                .unwrap();
+            assert_eq!(got_n, want_n, "{path} at {offset} for {size}");
+            assert_eq!(
+                got[..got_n],
+                want[..want_n],
+                "{path} at {offset} for {size}"
+            );
+        }
+        let reads = f.content.reads();
+        let mut buf = [0u8; 64];
+        f.core.read_cached(f.ino("/etc/passwd"), 0, &mut buf);
+        assert_eq!(f.content.reads(), reads, "read_at is never called");
+
+        let err = f.core.read_cached(f.ino("/etc"), 0, &mut buf).unwrap();
+        assert_eq!(err.unwrap_err().errno(), libc::EISDIR);
+        let count = f.core.archive().inode_count();
+        let err = f.core.read_cached(count + 1, 0, &mut buf).unwrap();
+        assert_eq!(err.unwrap_err().errno(), libc::ESTALE);
+    }
+
+    #[test]
+    fn read_cached_is_none_unless_every_byte_of_the_range_is_cached() {
+        // busybox's first 40000 bytes, in two adjacent ranges (a read across both is served
+        // in two calls); the rest of the layer is not cached.
+        let f = fixture_with(|archive, content| {
+            let ino = archive.resolve("/bin/busybox").unwrap().unwrap();
+            let loc = archive.inode(ino).unwrap().data().unwrap();
+            content.cache(loc.layer, loc.offset..loc.offset + 30_000);
+            content.cache(loc.layer, loc.offset + 30_000..loc.offset + 40_000);
+        });
+        let busybox = f.ino("/bin/busybox");
+        let want: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut buf = vec![0u8; 40_000];
+        assert_eq!(
+            f.core.read_cached(busybox, 0, &mut buf).unwrap().unwrap(),
+            40_000
+        );
+        assert_eq!(buf, want[..40_000]);
+        let calls = f.content.cached_reads();
+        assert_eq!(
+            f.core
+                .read_cached(busybox, 29_000, &mut buf[..2000])
+                .unwrap()
+                .unwrap(),
+            2000
+        );
+        assert_eq!(f.content.cached_reads(), calls + 2, "one call per range");
+        assert_eq!(buf[..2000], want[29_000..31_000]);
+
+        // Partly cached ranges are not served at all, never short.
+        for (offset, size) in [(39_999, 2), (0, 40_001), (30_000, 20_000), (40_000, 10)] {
+            let mut buf = vec![0u8; size];
+            assert!(
+                f.core.read_cached(busybox, offset, &mut buf).is_none(),
+                "{offset} for {size}"
+            );
+        }
+        let mut buf = [0u8; 100];
+        assert!(f
+            .core
+            .read_cached(f.ino("/etc/hostname"), 0, &mut buf)
+            .is_none());
+        // Answers that need no bytes do not need the cache.
+        assert_eq!(
+            f.core
+                .read_cached(f.ino("/empty"), 0, &mut buf)
+                .unwrap()
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            f.core
+                .read_cached(f.ino("/etc/hostname"), 5, &mut buf)
+                .unwrap()
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            f.core
+                .read_cached(f.ino("/etc/hostname"), 0, &mut buf[..0])
+                .unwrap()
+                .unwrap(),
+            0
+        );
+        assert_eq!(f.content.reads(), 0, "read_at is never called");
+    }
+
+    /// A source whose `read_cached` gives one fixed answer, and whose `read_at` must not be
+    /// called.
+    struct CacheAnswers(Option<Result<usize, ContentError>>);
+
+    impl ContentSource for CacheAnswers {
+        fn read_at(&self, _: u32, _: u64, _: &mut [u8]) -> Result<usize, ContentError> {
+            panic!("read_cached must not fall back to read_at");
+        }
+
+        fn read_cached(
+            &self,
+            _: u32,
+            _: u64,
+            buf: &mut [u8],
+        ) -> Option<Result<usize, ContentError>> {
+            self.0.clone().map(|r| r.map(|n| n.min(buf.len())))
+        }
+    }
+
+    #[test]
+    fn read_cached_reports_source_errors_and_leaves_empty_answers_to_read_at() {
+        let mut b = ImageBuilder::new();
+        b.file("/f", 0o644, b"hello world");
+        let (archive, _) = b.build().unwrap();
+        let ino = archive.resolve("/f").unwrap().unwrap();
+        let read = |answer| {
+            let core = FsCore::new(archive.clone(), Arc::new(CacheAnswers(answer)));
+            core.read_cached(ino, 0, &mut [0u8; 100])
+        };
+        let err = read(Some(Err(ContentError::new(libc::ENOMEM, "cache"))));
+        let err = err.unwrap().unwrap_err();
+        assert_eq!(err.errno(), libc::ENOMEM);
+        assert!(err.is_fault());
+        assert!(read(Some(Err(ContentError::new(0, "?")))).unwrap().is_err());
+        assert!(
+            read(Some(Ok(0))).is_none(),
+            "\"nothing there\" is read_at's to say"
+        );
+        assert!(read(None).is_none());
+        // A source without `read_cached` (the trait's default): nothing is ever cached.
+        let source = Arc::new(Flaky {
+            inner: MemoryContent::new(Vec::new()),
+            calls: AtomicU64::new(0),
+            mode: 0,
+        });
+        let core = FsCore::new(archive.clone(), source.clone());
+        assert!(core.read_cached(ino, 0, &mut [0u8; 100]).is_none());
+        assert_eq!(source.calls.load(Ordering::Relaxed), 0);
     }
 
     #[test]

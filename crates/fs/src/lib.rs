@@ -19,10 +19,13 @@
 //! - [`FsCore`] over an `Arc<Archive<'static>>` and an `Arc<dyn ContentSource>`:
 //!   [`FsCore::lookup`], [`FsCore::getattr`] ([`Attr`]), [`FsCore::readdir`] ([`ReadDir`] of
 //!   [`DirEntry`], attributes included for readdirplus), [`FsCore::readlink`],
-//!   [`FsCore::open`], [`FsCore::read`], [`FsCore::getxattr`] / [`FsCore::listxattr`]
-//!   ([`XattrReply`]), [`FsCore::statfs`] ([`StatFs`]).
+//!   [`FsCore::open`], [`FsCore::read`] / [`FsCore::read_into`] (may block on the source),
+//!   [`FsCore::read_cached`] (never blocks: `None` unless every byte is at hand),
+//!   [`FsCore::getxattr`] / [`FsCore::listxattr`] ([`XattrReply`]), [`FsCore::statfs`]
+//!   ([`StatFs`]).
 //! - [`ContentSource::read_at`] reads a layer's uncompressed tar stream; a file's bytes are
-//!   `[data.offset, data.offset + size)` of its layer. [`ContentError`] carries the errno.
+//!   `[data.offset, data.offset + size)` of its layer. [`ContentSource::read_cached`] is its
+//!   non-blocking twin (default: nothing cached). [`ContentError`] carries the errno.
 //! - [`testing`]: an image builder and an in-memory content source for tests.
 //!
 //! # Example

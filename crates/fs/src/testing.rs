@@ -2,14 +2,16 @@
 //!
 //! [`ImageBuilder`] makes a [`Tree`] from paths (parents are created as needed), lays the file
 //! contents out in fake uncompressed tar layers (a 512-byte gap before each file, padding to
-//! 512 after it, like tar) and writes the archive. [`MemoryContent`] serves those layers;
-//! [`Gate`] makes reads of one layer block until a test releases them, so that tests can prove
-//! a slow read does not hold up anything else without sleeping.
+//! 512 after it, like tar) and writes the archive. [`MemoryContent`] serves those layers, and
+//! plays a local cache for the ranges a test marks as cached; [`Gate`] makes reads of one
+//! layer block until a test releases them, so that tests can prove a slow read does not hold
+//! up anything else without sleeping.
 //!
 //! These helpers panic on misuse (a hardlink to a path that does not exist, ...): they are
 //! for tests.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
@@ -182,11 +184,18 @@ fn split(path: &str) -> (&str, &str) {
 }
 
 /// Layers held in memory, served as a [`ContentSource`]; counts the calls it gets.
+///
+/// [`ContentSource::read_at`] serves every layer (after waiting at the layer's [`Gate`], if
+/// any). [`ContentSource::read_cached`] plays a local cache: it serves only the ranges marked
+/// with [`MemoryContent::cache`] (never waiting at a gate) and answers `None` elsewhere; by
+/// default nothing is cached.
 #[derive(Debug)]
 pub struct MemoryContent {
     layers: Vec<Vec<u8>>,
     gates: HashMap<u32, Arc<Gate>>,
+    cached: HashMap<u32, Vec<Range<u64>>>,
     reads: AtomicU64,
+    cached_reads: AtomicU64,
 }
 
 impl MemoryContent {
@@ -195,8 +204,22 @@ impl MemoryContent {
         MemoryContent {
             layers,
             gates: HashMap::new(),
+            cached: HashMap::new(),
             reads: AtomicU64::new(0),
+            cached_reads: AtomicU64::new(0),
         }
+    }
+
+    /// From now on, `read_cached` serves `range` of `layer`'s stream (as a cache holding those
+    /// bytes would), one range at a time: a read that starts in a cached range gets at most
+    /// the bytes up to its end. `0..u64::MAX` caches the whole layer.
+    pub fn cache(&mut self, layer: u32, range: Range<u64>) {
+        self.cached.entry(layer).or_default().push(range);
+    }
+
+    /// How many times `read_cached` was called (whatever it answered).
+    pub fn cached_reads(&self) -> u64 {
+        self.cached_reads.load(Ordering::SeqCst)
     }
 
     /// From now on, reads of `layer` wait at the returned gate until it opens.
@@ -207,7 +230,7 @@ impl MemoryContent {
             .clone()
     }
 
-    /// How many times `read_at` was called.
+    /// How many times `read_at` was called (`read_cached` calls are not counted here).
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
     }
@@ -224,17 +247,51 @@ impl ContentSource for MemoryContent {
         if let Some(gate) = self.gates.get(&layer) {
             gate.pass();
         }
-        let bytes = self
-            .layers
-            .get(layer as usize)
-            .ok_or_else(|| ContentError::io(format!("no layer {layer}")))?;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        let n = buf.len().min(bytes.len() - start);
-        buf[..n].copy_from_slice(&bytes[start..start + n]);
-        Ok(n)
+        copy_out(
+            self.layers.get(layer as usize).map(Vec::as_slice),
+            layer,
+            offset,
+            buf,
+        )
     }
+
+    fn read_cached(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, ContentError>> {
+        self.cached_reads.fetch_add(1, Ordering::SeqCst);
+        let range = self
+            .cached
+            .get(&layer)?
+            .iter()
+            .find(|r| r.contains(&offset))?;
+        let want = usize::try_from(range.end - offset).unwrap_or(usize::MAX);
+        let want = buf.len().min(want);
+        Some(copy_out(
+            self.layers.get(layer as usize).map(Vec::as_slice),
+            layer,
+            offset,
+            &mut buf[..want],
+        ))
+    }
+}
+
+/// Copies the bytes of `layer` at `offset` into `buf`; fewer at the end of the layer.
+fn copy_out(
+    bytes: Option<&[u8]>,
+    layer: u32,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<usize, ContentError> {
+    let bytes = bytes.ok_or_else(|| ContentError::io(format!("no layer {layer}")))?;
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let n = buf.len().min(bytes.len() - start);
+    buf[..n].copy_from_slice(&bytes[start..start + n]);
+    Ok(n)
 }
 
 /// A gate that readers wait at until a test opens it.

@@ -2,12 +2,15 @@
 //!
 //! No filesystem logic lives here: what an inode is, what a directory lists and what a read
 //! returns are [`FsCore`]'s answers. This file only translates types, chooses the kernel
-//! caching flags, and hands reads to the worker pool so that a slow fetch never holds up a
-//! request thread.
+//! caching flags, and hands reads of bytes that are not at hand to the worker pool so that a
+//! slow fetch never holds up a request thread, nor a read of cached bytes.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -19,7 +22,7 @@ use fuser::{
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 /// How long the kernel may cache entries (names → inodes, and negative lookups) and
 /// attributes. The image never changes while mounted.
@@ -83,15 +86,45 @@ fn read_worker(core: &FsCore, jobs: &Mutex<Receiver<ReadJob>>) {
             Ok(job) => job,
             Err(_) => return, // the filesystem is gone
         };
-        let size = job.size as usize;
-        if buf.len() < size {
-            buf.resize(size, 0);
-        }
-        match core.read_into(job.ino, job.offset, &mut buf[..size]) {
-            Ok(n) => job.reply.data(&buf[..n]),
-            Err(err) => job.reply.error(fail("read", job.ino, &err)),
+        let buf = sized_buf(&mut buf, job.size);
+        // A panic (in the content source, say) fails this read, not the worker.
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            core.read_into(job.ino, job.offset, &mut buf[..])
+        }));
+        match read {
+            Ok(Ok(n)) => job.reply.data(&buf[..n]),
+            Ok(Err(err)) => job.reply.error(fail("read", job.ino, &err)),
+            Err(panic) => {
+                panicked("read", job.ino, job.offset, panic.as_ref());
+                job.reply.error(Errno::EIO);
+            }
         }
     }
+}
+
+thread_local! {
+    /// The buffer for reads served on a request thread from cached bytes, grown to the
+    /// largest request seen (the kernel's max_pages).
+    static CACHED_READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The first `size` bytes of `buf`, growing it as needed.
+fn sized_buf(buf: &mut Vec<u8>, size: u32) -> &mut [u8] {
+    let size = size as usize;
+    if buf.len() < size {
+        buf.resize(size, 0);
+    }
+    &mut buf[..size]
+}
+
+/// Logs a panic caught while serving `op`.
+fn panicked(op: &str, ino: u64, offset: u64, panic: &(dyn Any + Send)) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    error!(op, ino, offset, "panicked, replying EIO: {message}");
 }
 
 /// The errno for the kernel; faults (archive, content source) are logged as warnings, with
@@ -221,6 +254,27 @@ impl Filesystem for ClipFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Bytes the content source has at hand are served here, at once: they never queue
+        // behind reads waiting on a fetch. The rest goes to the read workers.
+        let reply = CACHED_READ_BUF.with_borrow_mut(|buf| {
+            let buf = sized_buf(buf, size);
+            let read = catch_unwind(AssertUnwindSafe(|| {
+                self.core.read_cached(ino.0, offset, &mut buf[..])
+            }));
+            match read {
+                Ok(None) => return Some(reply),
+                Ok(Some(Ok(n))) => reply.data(&buf[..n]),
+                Ok(Some(Err(err))) => reply.error(fail("read", ino.0, &err)),
+                Err(panic) => {
+                    panicked("read (cached)", ino.0, offset, panic.as_ref());
+                    reply.error(Errno::EIO);
+                }
+            }
+            None
+        });
+        let Some(reply) = reply else {
+            return; // answered
+        };
         let job = ReadJob {
             ino: ino.0,
             offset,

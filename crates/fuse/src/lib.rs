@@ -22,8 +22,12 @@
 //!   `FUSE_CACHE_SYMLINKS` are asked for when offered; the read-ahead window of the mount is
 //!   raised to 1 MiB (as root).
 //! - **Never blocked by a slow fetch.** [`MountOptions::threads`] threads read requests from
-//!   the kernel; file reads are handed, with their reply, to [`MountOptions::read_workers`]
-//!   other threads, so lookups, listings and `stat` go on while reads wait on the network.
+//!   the kernel. A file read whose bytes the content source has at hand
+//!   ([`clip_fs::FsCore::read_cached`], which never blocks) is answered on the spot; the
+//!   others are handed, with their reply, to [`MountOptions::read_workers`] other threads. So
+//!   lookups, listings, `stat` and reads of cached data go on while reads wait on the
+//!   network, however many of those there are. A panic while serving a read fails that read
+//!   with `EIO` and is logged; the thread goes on serving.
 //!
 //! FUSE passthrough is not used: it needs a local file holding exactly one image file's
 //! bytes, which the span cache does not produce.

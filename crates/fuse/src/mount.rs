@@ -35,8 +35,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Threads reading requests from the kernel (lookups, getattr, listings, xattrs).
     pub threads: usize,
-    /// Threads serving file reads, which may wait on a fetch. Reads beyond this many in
-    /// flight queue; metadata requests never do.
+    /// Threads serving file reads that may wait on a fetch (reads of bytes that are not
+    /// cached). Such reads beyond this many in flight queue; metadata requests and reads of
+    /// cached bytes never do.
     pub read_workers: usize,
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clip_archive::{FileType, Inode};
 use clip_fs::testing::{Gate, ImageBuilder, MemoryContent};
-use clip_fs::FsCore;
+use clip_fs::{ContentError, ContentSource, FsCore};
 use clip_fuse::{is_mountpoint, mount, unmount, MountError, MountOptions, Mounted};
 use rustix::fs::StatVfsMountFlags;
 use tempfile::TempDir;
@@ -32,15 +32,31 @@ struct TestMount {
 
 impl TestMount {
     fn new(image: ImageBuilder, options: &MountOptions, gate_layer: Option<u32>) -> TestMount {
+        TestMount::with(
+            image,
+            options,
+            |content| gate_layer.map(|layer| content.gate(layer)),
+            |content| content,
+        )
+    }
+
+    /// A mount whose content source `prepare` sets up (gates, cached ranges; it returns the
+    /// gate to open on drop) and `wrap` wraps.
+    fn with(
+        image: ImageBuilder,
+        options: &MountOptions,
+        prepare: impl FnOnce(&mut MemoryContent) -> Option<Arc<Gate>>,
+        wrap: impl FnOnce(Arc<MemoryContent>) -> Arc<dyn ContentSource>,
+    ) -> TestMount {
         assert!(
             rustix::process::geteuid().is_root(),
             "the FUSE tests mount filesystems and must run as root"
         );
         let (archive, mut content) = image.build().unwrap();
-        let gate = gate_layer.map(|layer| content.gate(layer));
+        let gate = prepare(&mut content);
         let content = Arc::new(content);
         let dir = tempfile::tempdir().unwrap();
-        let core = FsCore::new(archive, content.clone());
+        let core = FsCore::new(archive, wrap(content.clone()));
         let mounted = mount(core, dir.path(), options).unwrap();
         TestMount {
             mounted: Some(mounted),
@@ -336,12 +352,23 @@ fn every_write_fails_with_erofs() {
 fn a_slow_read_blocks_nothing_else() {
     let mut image = image();
     image.file_in_layer(1, "/slow", 0o644, &[7u8; 4096]);
+    image.file_in_layer(2, "/cold", 0o644, &[9u8; 4096]);
+    // One read worker: once the read of /slow holds it, every read that needs the worker
+    // queues. Layer 0 is cached; layers 1 (gated) and 2 are not.
     let options = MountOptions {
         threads: 2,
-        read_workers: 4,
+        read_workers: 1,
         ..MountOptions::default()
     };
-    let m = TestMount::new(image, &options, Some(1));
+    let m = TestMount::with(
+        image,
+        &options,
+        |content| {
+            content.cache(0, 0..u64::MAX);
+            Some(content.gate(1))
+        },
+        |content| content,
+    );
     let gate = m.gate.clone().unwrap();
 
     let slow = m.path("slow");
@@ -350,16 +377,19 @@ fn a_slow_read_blocks_nothing_else() {
         gate.wait_for_waiters(1, PATIENCE),
         "the read of /slow never reached the content source"
     );
+    let reads = m.content.reads();
+    let cached_reads = m.content.cached_reads();
 
-    // While that read waits on its "fetch": stat, lookups, a listing, reads of other files.
+    // While that read holds the only read worker waiting on its "fetch": stat, lookups, a
+    // listing, and reads of cached files.
     let (tx, rx) = mpsc::channel();
     let root = m.root().to_path_buf();
     thread::spawn(move || {
-        let result = (|| -> io::Result<(u64, usize, Vec<u8>, usize)> {
+        let result = (|| -> io::Result<(u64, usize, Vec<u8>, Vec<u8>)> {
             let size = fs::metadata(root.join("etc/passwd"))?.len();
             let listed = fs::read_dir(root.join("many"))?.count();
             let hostname = fs::read(root.join("etc/hostname"))?;
-            let busybox = fs::read(root.join("bin/busybox"))?.len();
+            let busybox = fs::read(root.join("bin/busybox"))?;
             fs::symlink_metadata(root.join("slow"))?;
             Ok((size, listed, hostname, busybox))
         })();
@@ -370,13 +400,79 @@ fn a_slow_read_blocks_nothing_else() {
         .expect("other operations were held up by the slow read")
         .unwrap();
     assert_eq!(
-        (size, listed, hostname.as_slice(), busybox),
-        (30, 1000, &b"clip-test\n"[..], 300_000)
+        (size, listed, hostname.as_slice()),
+        (30, 1000, &b"clip-test\n"[..])
     );
+    assert!(busybox == busybox_bytes(), "busybox read from the cache");
+    assert_eq!(m.content.reads(), reads, "cached files never reach read_at");
+    assert!(m.content.cached_reads() > cached_reads);
     assert!(!reader.is_finished(), "the slow read is still waiting");
+
+    // A read of bytes that are not cached needs the worker, and waits for it.
+    let cold = m.path("cold");
+    let cold_reader = thread::spawn(move || fs::read(cold));
 
     gate.open();
     assert_eq!(reader.join().unwrap().unwrap(), vec![7u8; 4096]);
+    assert_eq!(cold_reader.join().unwrap().unwrap(), vec![9u8; 4096]);
+}
+
+/// Panics reading layer 2 (`read_at`) and layer 3 (`read_cached`); otherwise serves the
+/// memory content.
+struct Panicky(Arc<MemoryContent>);
+
+impl ContentSource for Panicky {
+    fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError> {
+        assert_ne!(layer, 2, "injected panic: read_at of layer 2");
+        self.0.read_at(layer, offset, buf)
+    }
+
+    fn read_cached(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, ContentError>> {
+        assert_ne!(layer, 3, "injected panic: read_cached of layer 3");
+        self.0.read_cached(layer, offset, buf)
+    }
+}
+
+#[test]
+fn a_panicking_read_fails_with_eio_and_the_threads_go_on_serving() {
+    let mut image = image();
+    image.file_in_layer(2, "/boom", 0o644, b"never served\n");
+    image.file_in_layer(3, "/boom-cached", 0o644, b"never served either\n");
+    // One request thread and one read worker: if either died, nothing more would be read.
+    let options = MountOptions {
+        threads: 1,
+        read_workers: 1,
+        ..MountOptions::default()
+    };
+    let m = TestMount::with(
+        image,
+        &options,
+        |_| None,
+        |content| Arc::new(Panicky(content)),
+    );
+
+    // The panic is in read_at, on the read worker.
+    let err = fs::read(m.path("boom")).unwrap_err();
+    assert_eq!(errno(&err), libc::EIO, "{err}");
+    assert_eq!(fs::read(m.path("etc/hostname")).unwrap(), b"clip-test\n");
+    assert_eq!(fs::read(m.path("bin/busybox")).unwrap(), busybox_bytes());
+
+    // The panic is in read_cached, on the request thread.
+    let err = fs::read(m.path("boom-cached")).unwrap_err();
+    assert_eq!(errno(&err), libc::EIO, "{err}");
+    assert_eq!(
+        fs::read(m.path("etc/passwd")).unwrap(),
+        b"root:x:0:0:root:/root:/bin/sh\n"
+    );
+    // Failed reads left nothing in the page cache: they fail again, the same way.
+    let err = fs::read(m.path("boom")).unwrap_err();
+    assert_eq!(errno(&err), libc::EIO, "{err}");
+    assert_eq!(fs::read_dir(m.root()).unwrap().count(), 9);
 }
 
 /// Runs `program args` as `uid` (gid = uid); returns (success, stdout, stderr).

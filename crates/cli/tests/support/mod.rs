@@ -261,6 +261,22 @@ impl Mount {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Sends `signal` (e.g. "TERM") to the mount process and returns its exit status and log
+    /// once it has ended.
+    pub fn signal_and_wait(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal}");
+        let status = child.wait().expect("reaping clip mount");
+        (
+            status,
+            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        )
+    }
+
     /// Kills the mount process with SIGKILL (leaving a stale mount) and reaps it.
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {
