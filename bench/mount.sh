@@ -151,10 +151,12 @@ cold_start "$SHAPED" "$BENCH_TMP/registry-ns.log" "registry in its own netns beh
 MOUNTS+=("$BENCH_TMP/mnt")
 (cd "$BENCH_TMP/mnt" && tar -cf - . | cat >/dev/null)            # fill the cache
 "$CLIP" umount "$BENCH_TMP/mnt"
-"$CLIP" mount --daemon --insecure --cache-dir "$BENCH_TMP/cache" "$BENCH_TMP/usr.clip" "$BENCH_TMP/mnt" 2>/dev/null
+"$CLIP" mount --daemon --insecure --cache-dir "$BENCH_TMP/cache" "$BENCH_TMP/usr.clip" "$BENCH_TMP/mnt" 2> "$BENCH_TMP/daemon.out"
+daemon_pid=$(sed -n 's/.*(pid \([0-9]*\),.*/\1/p' "$BENCH_TMP/daemon.out")
 sync; echo 3 > /proc/sys/vm/drop_caches
 t0=$(now); (cd "$BENCH_TMP/mnt" && tar -cf - . | cat >/dev/null); t1=$(now)
 mount_secs=$(elapsed "$t0" "$t1")
+daemon_hwm=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$daemon_pid/status" 2>/dev/null || echo "?")
 "$CLIP" umount "$BENCH_TMP/mnt"
 sync; echo 3 > /proc/sys/vm/drop_caches
 t0=$(now); (cd "$BENCH_TMP/unpacked/rootfs" && tar -cf - . | cat >/dev/null); t1=$(now)
@@ -164,6 +166,7 @@ printf '\n(b) warm read of every file (%s MB, page cache dropped before each)\n'
 printf '  %-44s %8.2f s  %6.0f MB/s\n' "local disk (umoci unpack)" "$disk_secs" "$(echo "$bytes / $disk_secs / 1000000" | bc -l)"
 printf '  %-44s %8.2f s  %6.0f MB/s\n' "clip mount, warm cache" "$mount_secs" "$(echo "$bytes / $mount_secs / 1000000" | bc -l)"
 printf '  %-44s %8.2fx (target ≥ 0.8x)\n' "clip / native throughput" "$(echo "$disk_secs / $mount_secs" | bc -l)"
+printf '  %-44s %8s MB (target < 64 MB for 1 GB read)\n' "mount daemon peak RSS (VmHWM)" "$daemon_hwm"
 
 # --- (c) a 100k-entry index: open it and have the mount ready ---------------------------------
 big=$BENCH_TMP/big
