@@ -1,6 +1,6 @@
-//! The `clip` command: glue between the stages. Each subcommand parses its flags, calls the
-//! library crates and renders the result; no format, protocol or filesystem logic lives here.
-//! This is the only crate that uses `anyhow`.
+//! The `clip` command: glue between the stages (index, inspect, mount, umount, stats). Each
+//! subcommand parses its flags, calls the library crates and renders the result; no format,
+//! protocol or filesystem logic lives here. This is the only crate that uses `anyhow`.
 
 #![forbid(unsafe_code)]
 
