@@ -46,7 +46,7 @@ impl Default for MountOptions {
         MountOptions {
             allow_other: false,
             threads: 8,
-            read_workers: 16,
+            read_workers: 8,
         }
     }
 }
