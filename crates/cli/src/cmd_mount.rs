@@ -79,9 +79,7 @@ struct FetchContent(Arc<Fetcher>);
 
 impl ContentSource for FetchContent {
     fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError> {
-        self.0
-            .read_at(layer, offset, buf)
-            .map_err(|e| ContentError::new(e.errno(), e.to_string()))
+        self.0.read_at(layer, offset, buf).map_err(content_error)
     }
 
     fn read_cached(
@@ -94,12 +92,17 @@ impl ContentSource for FetchContent {
         // fetch might still fix is `None` from the fetcher, so the read goes to a worker.
         self.0
             .read_cached(layer, offset, buf)
-            .map(|r| r.map_err(|e| ContentError::new(e.errno(), e.to_string())))
+            .map(|r| r.map_err(content_error))
     }
 
     fn cached_extent(&self, layer: u32, offset: u64, len: u64) -> Option<(std::fs::File, u64)> {
         self.0.cached_extent(layer, offset, len)
     }
+}
+
+/// A fetch failure as the filesystem core reports it: the fetcher's errno, its message logged.
+fn content_error(e: clip_fetch::FetchError) -> ContentError {
+    ContentError::new(e.errno(), e.to_string())
 }
 
 /// Where mount daemons keep their stats sockets and logs.

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,7 +65,7 @@ fn exact_case(compression: Compression, tag: &str) {
         root.nlink -= 3;
     }
     let mount = Mount::start(&archive, &s.dir("mnt"), &s.dir("cache"), &[]);
-    let actual = capture(&mount.dir);
+    let actual = TreeSnapshot::capture(&mount.dir);
     clip_testkit::assert_same_tree(&expected, &actual);
     mount.unmount();
 }
@@ -248,13 +247,13 @@ fn d_warm_cache_needs_no_registry() {
     let cache = s.dir("cache");
 
     let mount = Mount::start(&archive, &s.dir("mnt"), &cache, &[]);
-    let cold = capture(&mount.dir);
+    let cold = TreeSnapshot::capture(&mount.dir);
     assert!(u64_of(&mount.stats(), "spans_fetched") > 0);
     mount.unmount();
 
     let mount = Mount::start(&archive, &s.dir("mnt"), &cache, &[]);
     let mark = s.registry.log_mark();
-    let warm = capture(&mount.dir);
+    let warm = TreeSnapshot::capture(&mount.dir);
     assert_eq!(cold, warm);
     let stats = mount.stats();
     assert_eq!(u64_of(&stats, "spans_fetched"), 0, "{stats}");
@@ -330,7 +329,7 @@ fn e_concurrent_readers_get_the_right_bytes_and_each_span_once() {
         t.join().expect("reader thread");
     }
     // Read everything: every span has now been needed, and each was fetched exactly once.
-    let all = capture(&mount.dir);
+    let all = TreeSnapshot::capture(&mount.dir);
     assert_eq!(all.len(), expected.snapshot().len());
     let stats = mount.stats();
     assert_eq!(u64_of(&stats, "spans_fetched"), total_spans, "{stats}");
@@ -795,9 +794,4 @@ fn is_mounted(dir: &Path) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(canonical.to_str().unwrap_or("")))
-}
-
-#[allow(dead_code)]
-fn tree_paths(t: &TreeSnapshot) -> BTreeSet<String> {
-    t.keys().cloned().collect()
 }

@@ -205,7 +205,7 @@ pub fn index_image(
             )
             .max()
             .unwrap_or(0);
-        if desc.compression == clip_registry::Compression::Gzip && widest > 8 * options.span {
+        if compression_of(desc) == Compression::Gzip && widest > 8 * options.span {
             tracing::warn!(
                 layer = %desc.digest,
                 "the layer's deflate blocks are up to {} MiB long, so a lazy read may fetch that \
@@ -230,11 +230,7 @@ pub fn index_image(
         layers.push(Layer {
             digest: desc.digest.clone(),
             media_type: desc.media_type.clone(),
-            compression: match desc.compression {
-                clip_registry::Compression::None => Compression::None,
-                clip_registry::Compression::Gzip => Compression::Gzip,
-                clip_registry::Compression::Zstd => Compression::Zstd,
-            },
+            compression: compression_of(desc),
             compressed_size: indexed.compressed_size,
             uncompressed_size: indexed.uncompressed_size,
             diff_id: desc.diff_id.clone(),
@@ -329,6 +325,15 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
+/// The archive's name for a layer's compression.
+fn compression_of(desc: &clip_registry::LayerDescriptor) -> Compression {
+    match desc.compression {
+        clip_registry::Compression::None => Compression::None,
+        clip_registry::Compression::Gzip => Compression::Gzip,
+        clip_registry::Compression::Zstd => Compression::Zstd,
+    }
+}
+
 fn index_one(
     client: &Client,
     reference: &Reference,
@@ -346,12 +351,7 @@ fn index_one(
         progress,
         total: 0,
     };
-    let compression = match desc.compression {
-        clip_registry::Compression::None => Compression::None,
-        clip_registry::Compression::Gzip => Compression::Gzip,
-        clip_registry::Compression::Zstd => Compression::Zstd,
-    };
-    layer::index_layer(counting, compression, span, &|n| {
+    layer::index_layer(counting, compression_of(desc), span, &|n| {
         progress.layer_entries(i, n)
     })
 }

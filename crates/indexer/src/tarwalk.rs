@@ -98,7 +98,7 @@ pub fn is_runtime_path(path: &[Vec<u8>]) -> bool {
 }
 
 /// Walks a tar stream; `on_entry` is called for every kept entry (runtime directories are
-/// dropped here). Returns the offset just past the end-of-archive marker.
+/// dropped here). Stops at the end-of-archive marker; what follows is the caller's to read.
 pub fn walk<R: Read>(
     reader: R,
     mut on_entry: impl FnMut(LayerEntry) -> Result<(), IndexError>,

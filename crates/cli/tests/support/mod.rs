@@ -308,8 +308,3 @@ impl Drop for Mount {
         let _ = clip(&["umount", self.dir.to_str().unwrap_or("")]);
     }
 }
-
-/// Reads every regular file under `root` (content hashes included).
-pub fn capture(root: &Path) -> TreeSnapshot {
-    TreeSnapshot::capture(root)
-}
