@@ -70,6 +70,9 @@ pub(crate) const DATA_OFFSET_MASK: u64 = (1 << DATA_OFFSET_BITS) - 1;
 /// Layer value meaning "no data" (empty regular file).
 pub(crate) const NO_DATA_LAYER: u64 = 0xFFFF;
 
+/// Size of [`RawSpan`].
+pub(crate) const SPAN_LEN: usize = 112;
+
 /// Largest window a span may carry (the deflate dictionary size).
 pub(crate) const MAX_WINDOW: usize = 32 * 1024;
 
@@ -171,7 +174,7 @@ pub(crate) struct RawXattr {
     pub value_len: U32,
 }
 
-/// SPANS: one seek checkpoint. 80 bytes.
+/// SPANS: one seek checkpoint. 112 bytes.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub(crate) struct RawSpan {
@@ -187,7 +190,10 @@ pub(crate) struct RawSpan {
     pub bits: u8,
     /// Zero.
     pub reserved: [u8; 7],
+    /// sha256 of the compressed bytes `compressed_offset..compressed_end`.
     pub digest: [u8; 32],
+    /// sha256 of the span's uncompressed bytes.
+    pub content_digest: [u8; 32],
 }
 
 // The sizes are part of the format.
@@ -200,7 +206,7 @@ const _: () = {
     assert!(core::mem::size_of::<RawDirent>() == 10);
     assert!(core::mem::size_of::<RawXattrIndex>() == 12);
     assert!(core::mem::size_of::<RawXattr>() == 16);
-    assert!(core::mem::size_of::<RawSpan>() == 80);
+    assert!(core::mem::size_of::<RawSpan>() == SPAN_LEN);
 };
 
 /// The META section: compact JSON of this struct (field order as declared).

@@ -65,6 +65,7 @@
 //!         bits: 0,
 //!         window: Vec::new(),
 //!         digest: [0; 32],
+//!         content_digest: [0; 32],
 //!     }],
 //! };
 //!
@@ -114,7 +115,7 @@ pub const MAGIC: [u8; 8] = *b"CLIPIDX\0";
 
 /// The format version this crate writes and reads (stored at offset 8). Changing the layout of
 /// anything described in `docs/FORMAT.md` is a format break: bump this.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {

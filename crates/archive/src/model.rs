@@ -63,8 +63,12 @@ pub struct Span {
     /// gzip: the raw deflate dictionary (≤ 32 KiB, may be empty); empty otherwise. The writer
     /// stores it zstd-compressed, [`crate::Archive::window`] returns it decompressed.
     pub window: Vec<u8>,
-    /// sha256 of `blob[compressed_offset..compressed_end]`.
+    /// sha256 of `blob[compressed_offset..compressed_end]`: checked before a fetched span is
+    /// decoded.
     pub digest: [u8; 32],
+    /// sha256 of the span's uncompressed bytes (`uncompressed_offset` up to the next span's
+    /// start, or the layer's end): checked after decoding, before a byte is served or cached.
+    pub content_digest: [u8; 32],
 }
 
 /// One layer of the image and its seek index.

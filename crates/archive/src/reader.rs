@@ -205,6 +205,8 @@ pub struct SpanInfo {
     pub bits: u8,
     /// sha256 of `blob[compressed_offset..compressed_end]`.
     pub digest: [u8; 32],
+    /// sha256 of the span's uncompressed bytes (`uncompressed_offset..uncompressed_end`).
+    pub content_digest: [u8; 32],
     /// Whether [`Archive::window`] returns a non-empty dictionary.
     pub has_window: bool,
 }
@@ -266,6 +268,7 @@ impl<'a> SpanTable<'a> {
             uncompressed_end: end,
             bits: rec.bits,
             digest: rec.digest,
+            content_digest: rec.content_digest,
             has_window: raw_len > 0,
         })
     }
@@ -518,7 +521,7 @@ impl<'a> Archive<'a> {
                 strings: strings.len() as u64,
                 xattr_index: xattr_index.len() as u64,
                 xattrs: xattrs.len() as u64,
-                spans: (spans.len() as u64).saturating_mul(SPAN_LEN),
+                spans: (spans.len() as u64).saturating_mul(SPAN_LEN as u64),
                 windows: windows.len() as u64,
             },
         };
@@ -532,7 +535,164 @@ impl<'a> Archive<'a> {
         if root.raw.size.get() != ROOT_INO {
             return Err(corrupt("inodes", "the root's parent is not the root"));
         }
+        archive.check_spans()?;
+        archive.check_tree()?;
         Ok(archive)
+    }
+
+    /// Every layer's span table, checked once at open (one pass over SPANS): a layer with
+    /// bytes has spans, the first starts at 0, uncompressed offsets strictly increase and
+    /// compressed ranges never go backwards, so that neighbouring spans make one bounded
+    /// request and every offset of the layer is covered exactly once.
+    fn check_spans(&self) -> Result<(), ArchiveError> {
+        for (i, info) in self.layers.iter().enumerate() {
+            let layer = u32::try_from(i).map_err(|_| corrupt("meta", "too many layers"))?;
+            let table = self.spans(layer)?;
+            if table.is_empty() && info.uncompressed_size > 0 {
+                return Err(corrupt(
+                    "spans",
+                    format!(
+                        "layer {layer} has {} bytes but no spans",
+                        info.uncompressed_size
+                    ),
+                ));
+            }
+            let mut prev: Option<SpanInfo> = None;
+            for s in 0..table.len() {
+                let span = table.get(s)?;
+                match prev {
+                    None if span.uncompressed_offset != 0 => {
+                        return Err(corrupt(
+                            "spans",
+                            format!(
+                                "layer {layer}: the first span starts at uncompressed offset {}",
+                                span.uncompressed_offset
+                            ),
+                        ));
+                    }
+                    Some(p)
+                        if span.compressed_offset < p.compressed_offset
+                            || span.compressed_end < p.compressed_end =>
+                    {
+                        return Err(corrupt(
+                            "spans",
+                            format!(
+                                "layer {layer} span {s}: compressed bytes {}..{} lie before the \
+                                 previous span's {}..{}",
+                                span.compressed_offset,
+                                span.compressed_end,
+                                p.compressed_offset,
+                                p.compressed_end
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+                prev = Some(span);
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory structure, checked once at open (one pass over INODES and DIRENTS):
+    /// every inode record is valid; each directory's parent is a directory; the entry runs of
+    /// the directories follow each other in inode order and cover DIRENTS exactly; names are
+    /// non-empty, contain neither `/` nor NUL, are not `.` or `..`, and are sorted; every
+    /// subdirectory is named once, in its recorded parent. So what is reachable from the root
+    /// is a tree, and lookups and listings can trust the table's shape.
+    fn check_tree(&self) -> Result<(), ArchiveError> {
+        let count = self.inode_count();
+        let mut named = vec![0u64; self.inodes.len().div_ceil(64)];
+        let mut next_entry: u64 = 0;
+        for ino in 1..=count {
+            let node = self.inode(ino)?;
+            if node.file_type != FileType::Directory {
+                continue;
+            }
+            let parent = node.raw.size.get();
+            if self.kind_of(parent) != Some(FileType::Directory) {
+                return Err(corrupt(
+                    "inodes",
+                    format!("the parent ({parent}) of directory {ino} is not a directory"),
+                ));
+            }
+            let first = u64::from(low32(node.raw.payload.get()));
+            if first != next_entry {
+                return Err(corrupt(
+                    "inodes",
+                    format!(
+                        "the entries of directory {ino} start at {first}, expected {next_entry}"
+                    ),
+                ));
+            }
+            let run = self.dir_run(ino)?;
+            next_entry = next_entry.saturating_add(run.len() as u64);
+            let mut prev: Option<&[u8]> = None;
+            for d in run {
+                let name = dirent_name(self.strings, d)?;
+                if name.is_empty()
+                    || name == b"."
+                    || name == b".."
+                    || name.iter().any(|&b| b == b'/' || b == 0)
+                {
+                    return Err(corrupt(
+                        "dirents",
+                        format!(
+                            "directory {ino} holds the invalid name \"{}\"",
+                            excerpt(name)
+                        ),
+                    ));
+                }
+                if prev.is_some_and(|p| p >= name) {
+                    return Err(corrupt(
+                        "dirents",
+                        format!("the entries of directory {ino} are not sorted by name"),
+                    ));
+                }
+                prev = Some(name);
+                let child = dirent_ino(count, d)?;
+                if self.kind_of(child) == Some(FileType::Directory) {
+                    let child_parent = self.inodes_raw(child).map(|r| r.size.get());
+                    if child == ROOT_INO || child_parent != Some(ino) || !set_bit(&mut named, child)
+                    {
+                        return Err(corrupt(
+                            "dirents",
+                            format!(
+                                "directory {child} is named \"{}\" in directory {ino}, which is \
+                                 not its only parent",
+                                excerpt(name)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if next_entry != self.dirents.len() as u64 {
+            return Err(corrupt(
+                "dirents",
+                format!(
+                    "the directories hold {next_entry} entries, the table {}",
+                    self.dirents.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn inodes_raw(&self, ino: Ino) -> Option<&'a RawInode> {
+        ino.checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.inodes.get(i))
+    }
+
+    /// The type of an inode from its raw record, `None` when the record or its attributes are
+    /// invalid.
+    fn kind_of(&self, ino: Ino) -> Option<FileType> {
+        let raw = self.inodes_raw(ino)?;
+        let attr = usize::try_from(raw.attr.get() & ATTR_INDEX_MASK)
+            .ok()
+            .and_then(|i| self.attrs.get(i))?;
+        file_type_of(attr.mode.get())
     }
 
     /// The bytes this archive was opened on.
@@ -636,19 +796,11 @@ impl<'a> Archive<'a> {
                 )
             })?;
         let mode = attr.mode.get();
-        let file_type = match mode & S_IFMT {
-            S_IFDIR => FileType::Directory,
-            S_IFREG => FileType::Regular,
-            S_IFLNK => FileType::Symlink,
-            S_IFCHR => FileType::CharDevice,
-            S_IFBLK => FileType::BlockDevice,
-            S_IFIFO => FileType::Fifo,
-            _ => {
-                return Err(corrupt(
-                    "attrs",
-                    format!("record {attr_idx}: mode {mode:#o}"),
-                ))
-            }
+        let Some(file_type) = file_type_of(mode) else {
+            return Err(corrupt(
+                "attrs",
+                format!("record {attr_idx}: mode {mode:#o}"),
+            ));
         };
         if mode & !(S_IFMT | PERM_MASK) != 0 {
             return Err(corrupt(
@@ -878,6 +1030,7 @@ impl<'a> Archive<'a> {
                 bits: s.bits,
                 window: self.window(layer, i)?,
                 digest: s.digest,
+                content_digest: s.content_digest,
             });
         }
         Ok(Layer {
@@ -987,18 +1140,7 @@ impl fmt::Debug for Walk<'_, '_> {
 impl Walk<'_, '_> {
     /// Marks a directory as entered; false if it already was (or the ino is out of range).
     fn enter(&mut self, ino: Ino) -> bool {
-        let Some(i) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
-            return false;
-        };
-        let Some(word) = self.entered.get_mut(i / 64) else {
-            return false;
-        };
-        let bit = 1u64 << (i % 64);
-        if *word & bit != 0 {
-            return false;
-        }
-        *word |= bit;
-        true
+        set_bit(&mut self.entered, ino)
     }
 }
 
@@ -1057,9 +1199,6 @@ impl Iterator for Walk<'_, '_> {
     }
 }
 
-/// Size of one span record, as u64.
-const SPAN_LEN: u64 = 80;
-
 /// `off..off + len` as a usize range, if it does not overflow.
 fn range(off: u64, len: u64) -> Option<Range<usize>> {
     let start = usize::try_from(off).ok()?;
@@ -1105,6 +1244,45 @@ fn check_mtimes(table: &[RawMtime]) -> Result<(), ArchiveError> {
         prev = Some(cur);
     }
     Ok(())
+}
+
+/// The file type of a mode's type bits.
+fn file_type_of(mode: u32) -> Option<FileType> {
+    match mode & S_IFMT {
+        S_IFDIR => Some(FileType::Directory),
+        S_IFREG => Some(FileType::Regular),
+        S_IFLNK => Some(FileType::Symlink),
+        S_IFCHR => Some(FileType::CharDevice),
+        S_IFBLK => Some(FileType::BlockDevice),
+        S_IFIFO => Some(FileType::Fifo),
+        _ => None,
+    }
+}
+
+/// Sets the bit of `ino` (1-based); false if it was set already or is out of range.
+fn set_bit(bits: &mut [u64], ino: Ino) -> bool {
+    let Some(i) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
+        return false;
+    };
+    let Some(word) = bits.get_mut(i / 64) else {
+        return false;
+    };
+    let bit = 1u64 << (i % 64);
+    if *word & bit != 0 {
+        return false;
+    }
+    *word |= bit;
+    true
+}
+
+/// At most 64 bytes of a name, escaped, for messages.
+fn excerpt(name: &[u8]) -> String {
+    let cut = name.get(..64).unwrap_or(name);
+    let mut s = cut.escape_ascii().to_string();
+    if cut.len() < name.len() {
+        s.push_str(&format!("… ({} bytes)", name.len()));
+    }
+    s
 }
 
 fn dirent_name<'a>(strings: &'a [u8], d: &RawDirent) -> Result<&'a [u8], ArchiveError> {

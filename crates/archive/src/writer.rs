@@ -40,10 +40,12 @@ const WINDOW_ZSTD_LEVEL: i32 = 3;
 /// - the totals fit the format (fewer than 2^32 inodes, entries and string bytes, at most 2^31
 ///   distinct (mode, uid, gid) triples).
 ///
-/// [`ArchiveError::InvalidLayer`] when a layer breaks a rule: fewer than 65535 layers; spans
-/// strictly increasing by `uncompressed_offset`, each starting at or before `uncompressed_size`;
-/// `compressed_offset <= compressed_end <= compressed_size`; windows at most 32 KiB; `bits <= 7`;
-/// `bits` and windows only on gzip layers.
+/// [`ArchiveError::InvalidLayer`] when a layer breaks a rule: fewer than 65535 layers; the
+/// first span starts at uncompressed offset 0; spans strictly increasing by
+/// `uncompressed_offset`, each starting at or before `uncompressed_size`, and never decreasing
+/// in `compressed_offset` or `compressed_end`; `compressed_offset <= compressed_end <=
+/// compressed_size`; windows at most 32 KiB; `bits <= 7`; `bits` and windows only on gzip
+/// layers.
 pub fn write_archive(
     meta: &ImageMeta,
     layers: &[Layer],
@@ -217,6 +219,7 @@ pub fn write_archive(
                 bits: span.bits,
                 reserved: [0; 7],
                 digest: span.digest,
+                content_digest: span.content_digest,
             });
         }
     }
@@ -297,18 +300,38 @@ fn check_layers(layers: &[Layer]) -> Result<(), ArchiveError> {
     }
     for (li, layer) in layers.iter().enumerate() {
         let bad = |detail: String| ArchiveError::InvalidLayer { layer: li, detail };
-        let mut prev: Option<u64> = None;
+        let mut prev: Option<&crate::Span> = None;
         for (si, span) in layer.spans.iter().enumerate() {
-            if let Some(p) = prev {
-                if span.uncompressed_offset <= p {
+            match prev {
+                None if span.uncompressed_offset != 0 => {
                     return Err(bad(format!(
-                        "span {si} starts at uncompressed offset {}, not after the previous \
-                         span's {p}",
+                        "the first span starts at uncompressed offset {}, not 0",
                         span.uncompressed_offset
                     )));
                 }
+                Some(p) if span.uncompressed_offset <= p.uncompressed_offset => {
+                    return Err(bad(format!(
+                        "span {si} starts at uncompressed offset {}, not after the previous \
+                         span's {}",
+                        span.uncompressed_offset, p.uncompressed_offset
+                    )));
+                }
+                Some(p)
+                    if span.compressed_offset < p.compressed_offset
+                        || span.compressed_end < p.compressed_end =>
+                {
+                    return Err(bad(format!(
+                        "span {si} covers compressed bytes {}..{}, before the previous span's \
+                         {}..{}",
+                        span.compressed_offset,
+                        span.compressed_end,
+                        p.compressed_offset,
+                        p.compressed_end
+                    )));
+                }
+                _ => {}
             }
-            prev = Some(span.uncompressed_offset);
+            prev = Some(span);
             if span.uncompressed_offset > layer.uncompressed_size {
                 return Err(bad(format!(
                     "span {si} starts at {} beyond the uncompressed size {}",

@@ -178,15 +178,16 @@ fn foreign_files_are_not_archives() {
 #[test]
 fn newer_versions_ask_for_an_upgrade() {
     let mut bytes = small();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let newer = FORMAT_VERSION + 1;
+    bytes[8..12].copy_from_slice(&newer.to_le_bytes());
     let err = Archive::open(&bytes).unwrap_err();
     assert!(
         matches!(
             err,
             ArchiveError::UnsupportedVersion {
-                found: 2,
+                found,
                 supported: FORMAT_VERSION
-            }
+            } if found == newer
         ),
         "{err}"
     );
@@ -293,7 +294,7 @@ fn the_mtime_table_is_checked_at_open() {
 }
 
 #[test]
-fn mtime_indexes_are_checked_when_an_inode_is_read() {
+fn mtime_indexes_are_checked_at_open() {
     let bytes = medium();
     let (off, _) = section(&bytes, INODES);
     let a = Archive::open(&bytes).unwrap();
@@ -303,12 +304,10 @@ fn mtime_indexes_are_checked_when_an_inode_is_read() {
         let mut bad = bytes.clone();
         bad[rec + 16..rec + 20].copy_from_slice(&idx.to_le_bytes());
         reseal(&mut bad);
-        let a = Archive::open(&bad).unwrap();
-        assert_eq!(corrupt_section(a.inode(ino).unwrap_err()), "inodes");
-        assert!(a.inode(ino - 1).is_ok());
-        exercise(&a);
+        let err = Archive::open(&bad).unwrap_err();
+        assert_eq!(corrupt_section(err), "inodes");
     }
-    // The root's mtime is checked at open, since the root is read there.
+    // The root's too.
     let mut bad = bytes.clone();
     bad[off + 16..off + 20].copy_from_slice(&3u32.to_le_bytes());
     reseal(&mut bad);
@@ -338,12 +337,107 @@ fn the_has_xattrs_bit_is_not_part_of_the_attr_index() {
     );
     assert_eq!(corrupt_section(b.xattrs(ino).unwrap_err()), "xattr index");
 
-    // An attr index beyond ATTRS (bit 30) is out of range, flag or not.
+    // An attr index beyond ATTRS (bit 30) is out of range, flag or not: refused at open.
     for top in [0x40, 0xC0] {
         let mut bad = bytes.clone();
         bad[rec + 3] = top;
         reseal(&mut bad);
-        let b = Archive::open(&bad).unwrap();
-        assert_eq!(corrupt_section(b.inode(ino).unwrap_err()), "inodes");
+        assert_eq!(corrupt_section(Archive::open(&bad).unwrap_err()), "inodes");
     }
+}
+
+const DIRENTS: usize = 5;
+const STRINGS: usize = 6;
+const SPANS: usize = 9;
+const SPAN_LEN: usize = 112;
+
+/// Runs `patch` on a copy of `bytes`, reseals it, and returns the section `open` blames.
+fn open_patched(bytes: &[u8], patch: impl FnOnce(&mut Vec<u8>)) -> &'static str {
+    let mut bad = bytes.to_vec();
+    patch(&mut bad);
+    reseal(&mut bad);
+    corrupt_section(Archive::open(&bad).unwrap_err())
+}
+
+#[test]
+fn span_tables_that_go_backwards_are_refused_at_open() {
+    // A crafted table whose compressed offsets decrease made one coalesced request cover (and
+    // pre-allocate) the whole claimed blob.
+    let bytes = small();
+    let (off, _) = section(&bytes, SPANS);
+    let second = off + SPAN_LEN;
+    let put = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    assert_eq!(open_patched(&bytes, |b| put(b, second, 5)), "spans");
+    assert_eq!(
+        open_patched(&bytes, |b| put(b, off + 8, 2_999_000)),
+        "spans"
+    );
+    // The first span of a layer starts at uncompressed offset 0.
+    assert_eq!(open_patched(&bytes, |b| put(b, off + 16, 1)), "spans");
+    // Uncompressed offsets strictly increase.
+    assert_eq!(open_patched(&bytes, |b| put(b, second + 16, 0)), "spans");
+}
+
+#[test]
+fn names_with_slashes_or_nuls_are_refused_at_open() {
+    let bytes = small();
+    let (off, len) = section(&bytes, STRINGS);
+    let at = off
+        + bytes[off..off + len]
+            .windows(3)
+            .position(|w| w == b"etc")
+            .unwrap();
+    for bad_name in [&b"e/c"[..], b"e\0c", b"..\0"] {
+        let section = open_patched(&bytes, |b| b[at..at + 3].copy_from_slice(bad_name));
+        assert_eq!(section, "dirents", "{}", bad_name.escape_ascii());
+    }
+    // A name that shrinks to "." (length 1).
+    let (doff, _) = section(&bytes, DIRENTS);
+    let section = open_patched(&bytes, |b| {
+        b[at] = b'.';
+        b[doff + 4..doff + 6].copy_from_slice(&1u16.to_le_bytes());
+    });
+    assert_eq!(section, "dirents");
+}
+
+#[test]
+fn a_directory_whose_parent_is_not_a_directory_is_refused_at_open() {
+    let bytes = small();
+    let a = Archive::open(&bytes).unwrap();
+    let etc = a.resolve("/etc").unwrap().unwrap();
+    let sh = a.resolve("/sh").unwrap().unwrap();
+    let (off, _) = section(&bytes, INODES);
+    let rec = off + (etc as usize - 1) * 28;
+    let section = open_patched(&bytes, |b| {
+        b[rec + 8..rec + 16].copy_from_slice(&sh.to_le_bytes())
+    });
+    // Found either as a directory not named in its parent, or as a parent that is not one.
+    assert!(matches!(section, "inodes" | "dirents"), "{section}");
+}
+
+#[test]
+fn directory_cycles_are_refused_at_open() {
+    // / ─ a ─ c, / ─ b; then c's entry is pointed at a: a is its own grandchild.
+    let mut t = Tree::new(dir(0o755));
+    let a = t.add(0, "a", dir(0o755));
+    t.add(0, "b", dir(0o755));
+    t.add(a, "c", dir(0o755));
+    let bytes = write_archive(&meta(), &layers(), &t).unwrap();
+    let archive = Archive::open(&bytes).unwrap();
+    let a_ino = archive.resolve("/a").unwrap().unwrap() as u32;
+    let c_ino = archive.resolve("/a/c").unwrap().unwrap() as u32;
+    let (off, len) = section(&bytes, DIRENTS);
+    let entry = (0..len / 10)
+        .map(|i| off + i * 10)
+        .find(|&e| u32::from_le_bytes(bytes[e + 6..e + 10].try_into().unwrap()) == c_ino)
+        .unwrap();
+    let section = open_patched(&bytes, |b| {
+        b[entry + 6..entry + 10].copy_from_slice(&a_ino.to_le_bytes())
+    });
+    assert_eq!(section, "dirents");
+    // Pointing it at the root is refused too.
+    let section = open_patched(&bytes, |b| {
+        b[entry + 6..entry + 10].copy_from_slice(&1u32.to_le_bytes())
+    });
+    assert_eq!(section, "dirents");
 }

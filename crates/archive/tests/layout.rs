@@ -44,7 +44,7 @@ fn bytes_follow_the_documented_layout() {
     let b = fixed();
     // Header.
     assert_eq!(&b[0..8], b"CLIPIDX\0");
-    assert_eq!(u32_at(&b, 8), 1);
+    assert_eq!(u32_at(&b, 8), 2);
     assert_eq!(u32_at(&b, 12), 0);
     assert_eq!(u64_at(&b, 16), b.len() as u64);
     assert_eq!(u64_at(&b, 24), xxhash_rust::xxh3::xxh3_64(&b[32..]));
@@ -72,7 +72,7 @@ fn bytes_follow_the_documented_layout() {
     ));
     assert_eq!(inodes.len(), 5 * 28);
     assert_eq!(dirents.len(), 4 * 10);
-    assert_eq!(spans.len(), 6 * 80);
+    assert_eq!(spans.len(), 6 * 112);
 
     // Mtimes: the distinct (seconds, nanoseconds), ascending: hosts' (-2, 3), everyone
     // else's (0, 0).
@@ -140,12 +140,18 @@ fn bytes_follow_the_documented_layout() {
     assert_eq!(s(8, 12), b"v");
 
     // Spans: second span of layer 0.
-    let sp = &spans[80..160];
+    let sp = &spans[112..224];
     assert_eq!(u64_at(sp, 0), 1_199_999);
     assert_eq!(u64_at(sp, 8), 2_400_000);
     assert_eq!(u64_at(sp, 16), 4_194_400);
     assert_eq!(sp[40], 3);
-    assert_eq!(&sp[48..50], &[31 * 2, 31 * 2 + 1]);
+    assert!(sp[41..48].iter().all(|&x| x == 0), "reserved");
+    assert_eq!(&sp[48..50], &[31 * 2, 31 * 2 + 1], "compressed digest");
+    assert_eq!(
+        &sp[80..82],
+        &[(12 * 31 % 256) as u8, (12 * 31 % 256 + 1) as u8],
+        "content digest"
+    );
 }
 
 #[test]
@@ -155,7 +161,7 @@ fn the_format_has_not_drifted() {
     // first release), update docs/FORMAT.md, then this constant.
     let sum = xxhash_rust::xxh3::xxh3_64(&fixed());
     assert_eq!(
-        sum, 0xea97_68d5_60e7_83f0,
+        sum, 0xe63d_d204_7330_185d,
         "format fingerprint is {sum:#018x}"
     );
 }

@@ -458,6 +458,10 @@ fn writer_rejects_invalid_layers() {
     check(&|l| l[0].spans[0].window = vec![0; 32 * 1024 + 1]);
     check(&|l| l[1].spans[0].bits = 1);
     check(&|l| l[2].spans[0].window = vec![1]);
+    // Spans start at 0, and compressed ranges never go backwards.
+    check(&|l| l[1].spans[0].uncompressed_offset = 1);
+    check(&|l| l[0].spans[1].compressed_offset = 5);
+    check(&|l| l[0].spans[0].compressed_end = 2_999_000);
 }
 
 #[test]

@@ -1438,6 +1438,7 @@ mod tests {
                 bits: 0,
                 window: Vec::new(),
                 digest: [0; 32],
+                content_digest: [0; 32],
             }],
         };
         let bytes = write_archive(&meta, &[layer], &tree).unwrap();

@@ -53,6 +53,7 @@ fn span(c0: u64, c1: u64, u0: u64) -> Span {
         bits: 0,
         window: Vec::new(),
         digest: [0; 32],
+        content_digest: [0; 32],
     }
 }
 

@@ -144,6 +144,7 @@ impl ImageBuilder {
                     bits: 0,
                     window: Vec::new(),
                     digest: [0; 32],
+                    content_digest: [0; 32],
                 }],
             })
             .collect();

@@ -1,5 +1,6 @@
-//! One streaming pass over one layer blob: decompress, walk the tar, take seek checkpoints and
-//! hash every span's compressed bytes, all at once.
+//! One streaming pass over one layer blob: decompress, walk the tar, take seek checkpoints,
+//! hash every span's compressed bytes and uncompressed bytes, and the whole uncompressed stream
+//! (the layer's diff_id), all at once.
 
 use std::io::{self, BufReader, Read};
 
@@ -17,6 +18,8 @@ pub struct LayerIndex {
     pub spans: Vec<Span>,
     pub uncompressed_size: u64,
     pub compressed_size: u64,
+    /// `sha256:<hex>` of the uncompressed tar stream: what the image config's diff_id must be.
+    pub diff_id: String,
 }
 
 const TAR_BUFFER: usize = 256 * 1024;
@@ -106,15 +109,24 @@ fn index_gzip<R: Read>(
 ) -> Result<LayerIndex, LayerError> {
     let mut inflater = CheckpointingInflater::new(blob, span, GzipSpanHasher::default())
         .map_err(LayerError::Decompress)?;
+    let mut content = GzipContent {
+        inflater: &mut inflater,
+        whole: Sha256::new(),
+        hashed: 0,
+        seen: 0,
+        current: None,
+        digests: Vec::new(),
+    };
     let entries = walk_all(
-        BufReader::with_capacity(TAR_BUFFER, &mut inflater),
+        BufReader::with_capacity(TAR_BUFFER, &mut content),
         on_entries,
     )?;
+    let (diff_id, content_digests) = content.finish();
     let uncompressed_size = inflater.total_out();
     let compressed_size = inflater.total_in();
     let (_, checkpoints, hasher) = inflater.finish();
     let digests = hasher.finish();
-    if digests.len() != checkpoints.len() {
+    if digests.len() != checkpoints.len() || content_digests.len() != checkpoints.len() {
         return Err(LayerError::Decompress(clip_zran::ZranError::Truncated {
             detail: "the gzip stream holds no deflate data".into(),
         }));
@@ -122,13 +134,15 @@ fn index_gzip<R: Read>(
     let spans = checkpoints
         .into_iter()
         .zip(digests)
-        .map(|(cp, (start, end, digest))| Span {
+        .zip(content_digests)
+        .map(|((cp, (start, end, digest)), content_digest)| Span {
             compressed_offset: start,
             compressed_end: end,
             uncompressed_offset: cp.uncompressed_offset,
             bits: cp.bits,
             window: cp.window,
             digest,
+            content_digest,
         })
         .collect();
     Ok(LayerIndex {
@@ -136,14 +150,76 @@ fn index_gzip<R: Read>(
         spans,
         uncompressed_size,
         compressed_size,
+        diff_id,
     })
 }
 
-/// Cuts a stream into spans at positions chosen by the caller and hashes each span.
+/// The uncompressed side of a gzip pass: hashes the whole stream (the diff_id) and each span's
+/// bytes, cutting where the inflater has just taken a checkpoint. A checkpoint taken during a
+/// `read` sits at the start or the end of the bytes that `read` returned, so the bytes are
+/// hashed up to each new checkpoint, then cut, then the rest.
+struct GzipContent<'a, R, O> {
+    inflater: &'a mut CheckpointingInflater<R, O>,
+    whole: Sha256,
+    /// Uncompressed bytes hashed so far.
+    hashed: u64,
+    /// Checkpoints already cut at.
+    seen: usize,
+    current: Option<Sha256>,
+    digests: Vec<[u8; 32]>,
+}
+
+impl<R: Read, O: clip_zran::Observer> Read for GzipContent<'_, R, O> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inflater.read(buf)?;
+        let mut rest = &buf[..n];
+        while let Some(cp) = self.inflater.checkpoints().get(self.seen) {
+            let at = usize::try_from(cp.uncompressed_offset.saturating_sub(self.hashed))
+                .unwrap_or(usize::MAX)
+                .min(rest.len());
+            let (before, after) = rest.split_at(at);
+            self.hash(before);
+            rest = after;
+            if let Some(done) = self.current.replace(Sha256::new()) {
+                self.digests.push(done.finalize().into());
+            }
+            self.seen += 1;
+        }
+        self.hash(rest);
+        Ok(n)
+    }
+}
+
+impl<R, O> GzipContent<'_, R, O> {
+    fn hash(&mut self, bytes: &[u8]) {
+        self.whole.update(bytes);
+        if let Some(span) = &mut self.current {
+            span.update(bytes);
+        }
+        self.hashed += bytes.len() as u64;
+    }
+
+    /// The diff_id and the content digest of every span.
+    fn finish(mut self) -> (String, Vec<[u8; 32]>) {
+        if let Some(done) = self.current.take() {
+            self.digests.push(done.finalize().into());
+        }
+        (sha256_id(self.whole), self.digests)
+    }
+}
+
+fn sha256_id(hasher: Sha256) -> String {
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// Cuts a stream into spans at positions chosen by the caller and hashes each span, compressed
+/// and uncompressed, and the whole uncompressed stream.
 struct SpanCutter {
     start_in: u64,
     start_out: u64,
     hasher: Sha256,
+    content: Sha256,
+    whole: Sha256,
     spans: Vec<Span>,
 }
 
@@ -153,8 +229,16 @@ impl SpanCutter {
             start_in: 0,
             start_out: 0,
             hasher: Sha256::new(),
+            content: Sha256::new(),
+            whole: Sha256::new(),
             spans: Vec::new(),
         }
+    }
+
+    /// Uncompressed bytes of the current span.
+    fn output(&mut self, bytes: &[u8]) {
+        self.content.update(bytes);
+        self.whole.update(bytes);
     }
 
     fn cut(&mut self, at_in: u64, at_out: u64) {
@@ -162,6 +246,7 @@ impl SpanCutter {
             return;
         }
         let hasher = std::mem::take(&mut self.hasher);
+        let content = std::mem::take(&mut self.content);
         self.spans.push(Span {
             compressed_offset: self.start_in,
             compressed_end: at_in,
@@ -169,9 +254,14 @@ impl SpanCutter {
             bits: 0,
             window: Vec::new(),
             digest: hasher.finalize().into(),
+            content_digest: content.finalize().into(),
         });
         self.start_in = at_in;
         self.start_out = at_out;
+    }
+
+    fn diff_id(&mut self) -> String {
+        sha256_id(std::mem::take(&mut self.whole))
     }
 }
 
@@ -189,6 +279,7 @@ impl<R: Read> Read for PlainSpans<R> {
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.cutter.hasher.update(&buf[..n]);
+        self.cutter.output(&buf[..n]);
         self.position += n as u64;
         if self.position - self.cutter.start_in == self.span {
             self.cutter.cut(self.position, self.position);
@@ -216,6 +307,7 @@ fn index_plain<R: Read>(
     reader.cutter.cut(size, size);
     Ok(LayerIndex {
         entries,
+        diff_id: reader.cutter.diff_id(),
         spans: reader.cutter.spans,
         uncompressed_size: size,
         compressed_size: size,
@@ -284,6 +376,7 @@ impl<R: Read> Read for ZstdFrames<R> {
             self.pos += consumed;
             self.total_in += consumed as u64;
             self.total_out += produced as u64;
+            self.cutter.output(&out[..produced]);
             self.in_frame = hint != 0;
             if hint == 0 && self.total_out - self.cutter.start_out >= self.span {
                 // A frame ended: a span may end here.
@@ -322,6 +415,7 @@ fn index_zstd<R: Read>(
     reader.cutter.cut(total_in, total_out);
     Ok(LayerIndex {
         entries,
+        diff_id: reader.cutter.diff_id(),
         spans: reader.cutter.spans,
         uncompressed_size: total_out,
         compressed_size: total_in,

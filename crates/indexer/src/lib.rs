@@ -82,6 +82,18 @@ pub enum IndexError {
         digest: String,
         source: merge::MergeError,
     },
+    #[error(
+        "layer {index} ({digest}) of {image} unpacks to {found}, but the image config names \
+         diff_id {expected}: the config does not describe this layer; the image is broken or \
+         was tampered with"
+    )]
+    DiffIdMismatch {
+        image: String,
+        index: usize,
+        digest: String,
+        expected: String,
+        found: String,
+    },
     #[error("{image}: {detail}")]
     Image { image: String, detail: String },
     #[error(transparent)]
@@ -189,6 +201,17 @@ pub fn index_image(
                     "layer {i} ({}) is {} bytes, the manifest says {}",
                     desc.digest, indexed.compressed_size, desc.size
                 ),
+            });
+        }
+        // The index may only describe the layers the image names: the uncompressed stream
+        // must be the one the config's diff_id commits to.
+        if indexed.diff_id != desc.diff_id {
+            return Err(IndexError::DiffIdMismatch {
+                image: image_name.clone(),
+                index: i,
+                digest: desc.digest.clone(),
+                expected: desc.diff_id.clone(),
+                found: indexed.diff_id,
             });
         }
         // A gzip stream written as a few giant deflate blocks (zlib-ng's level-1 "quick"

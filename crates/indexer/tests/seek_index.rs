@@ -1,7 +1,9 @@
 //! Proof that the seek index works on its own: for many random offsets of a real multi-MB gzip
 //! layer in a real registry, fetch only the compressed bytes of the covering span with an HTTP
 //! Range request, check them against the span digest, resume inflation at the checkpoint and
-//! compare with a full decompression.
+//! compare with a full decompression. And: every span's content digest is the sha256 of its
+//! uncompressed bytes, in every compression; a layer that is not what the image config's
+//! diff_id says is refused.
 
 use clip_archive::Archive;
 use clip_indexer::{index_image, IndexOptions, Silent};
@@ -44,6 +46,7 @@ fn check_random_reads(compression: Compression, tag: &str) {
     let spans = archive.spans(0).unwrap();
     assert!(spans.len() > 20, "{} spans", spans.len());
     assert_eq!(archive.layers()[0].uncompressed_size, tar.len() as u64);
+    assert_content_digests(&archive, &tar);
 
     let mark = registry.log_mark();
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -86,6 +89,82 @@ fn check_random_reads(compression: Compression, tag: &str) {
         .filter(|r| r.method == "GET" && r.is_partial())
         .count();
     assert_eq!(ranged, reads, "every read was one Range request");
+}
+
+/// Every span's content digest is the sha256 of exactly its uncompressed bytes.
+fn assert_content_digests(archive: &Archive<'_>, tar: &[u8]) {
+    let spans = archive.spans(0).unwrap();
+    for i in 0..spans.len() {
+        let span = spans.get(i).unwrap();
+        let bytes = &tar[span.uncompressed_offset as usize..span.uncompressed_end as usize];
+        let want: [u8; 32] = Sha256::digest(bytes).into();
+        assert_eq!(span.content_digest, want, "span {i}");
+    }
+}
+
+fn index(registry: &Registry, tag: &str) -> Result<Vec<u8>, clip_indexer::IndexError> {
+    let client = Client::new(ClientOptions::default()).unwrap();
+    let reference: Reference = format!("{}/{tag}", registry.addr()).parse().unwrap();
+    let options = IndexOptions {
+        platform: Platform::host(),
+        span: 64 * 1024,
+        jobs: 2,
+    };
+    index_image(&client, &reference, &options, &Silent).map(|i| i.archive)
+}
+
+#[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
+fn content_digests_in_every_compression() {
+    let registry = Registry::start();
+    let fixture = big_text_layer(600_000, 3);
+    for (n, compression) in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::GzipMultiMember(3),
+        Compression::Zstd,
+        Compression::ZstdMultiFrame(100_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let layer =
+            Layer::from_fixture_with(&fixture, &LayerOptions::default().compression(compression));
+        let tar = layer.tar().to_vec();
+        let tag = format!("digests:{n}");
+        Image::new()
+            .layer(layer)
+            .push(&registry, &tag, ManifestFlavor::Oci);
+        let bytes = index(&registry, &tag).unwrap();
+        let archive = Archive::open(&bytes).unwrap();
+        assert_content_digests(&archive, &tar);
+    }
+}
+
+#[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
+fn a_layer_that_is_not_its_diff_id_is_refused() {
+    let registry = Registry::start();
+    let real = Layer::from_fixture("/a file 0644 0 0 content=\"real\\n\"");
+    let other = Layer::from_fixture("/a file 0644 0 0 content=\"fake\\n\"");
+    // The blob is the real layer; the config's diff_id commits to another tar.
+    let lying = Layer::from_raw(
+        other.tar().to_vec(),
+        real.blob().to_vec(),
+        Compression::Gzip,
+    );
+    Image::new()
+        .layer(lying)
+        .push(&registry, "lying:1", ManifestFlavor::Oci);
+    let err = index(&registry, "lying:1").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            clip_indexer::IndexError::DiffIdMismatch { index: 0, .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(other.diff_id()), "{err}");
 }
 
 #[test]

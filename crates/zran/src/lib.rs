@@ -63,6 +63,8 @@ pub enum ZranError {
     Truncated { detail: String },
     #[error("zlib could not be initialised (code {0})")]
     Init(i32),
+    #[error("zlib's {call} failed (code {code})")]
+    Zlib { call: &'static str, code: i32 },
     #[error("reading the compressed stream failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -181,16 +183,20 @@ impl Stream {
         Ok(())
     }
 
-    fn dictionary(&mut self) -> Vec<u8> {
+    fn dictionary(&mut self) -> Result<Vec<u8>, ZranError> {
         let mut buf = vec![0u8; WINDOW_SIZE];
         let mut len: u32 = 0;
         // SAFETY: `buf` has room for the largest window zlib keeps (32 KiB for windowBits 15).
         let rc = unsafe { z::inflateGetDictionary(&*self.0, buf.as_mut_ptr(), &mut len) };
         if rc != z::Z_OK {
-            return Vec::new();
+            // A checkpoint without its window would resume into wrong bytes: fail the pass.
+            return Err(ZranError::Zlib {
+                call: "inflateGetDictionary",
+                code: rc,
+            });
         }
         buf.truncate((len as usize).min(WINDOW_SIZE));
-        buf
+        Ok(buf)
     }
 
     fn data_type(&self) -> i32 {
@@ -280,6 +286,12 @@ impl<R: Read, O: Observer> CheckpointingInflater<R, O> {
     /// The observer, e.g. to read what it accumulated.
     pub fn observer_mut(&mut self) -> &mut O {
         &mut self.observer
+    }
+
+    /// The checkpoints taken so far. A checkpoint taken during a `read` sits at the end of the
+    /// bytes that `read` returned.
+    pub fn checkpoints(&self) -> &[Checkpoint] {
+        &self.checkpoints
     }
 
     /// Ends the pass: the underlying reader, the observer and the checkpoints.
@@ -396,7 +408,7 @@ impl<R: Read, O: Observer> Read for CheckpointingInflater<R, O> {
                     compressed_offset: self.total_in,
                     bits: (dt & DT_PENDING_BITS) as u8,
                     uncompressed_offset: self.total_out,
-                    window: self.stream.dictionary(),
+                    window: self.stream.dictionary()?,
                 };
                 self.observer.checkpoint(&checkpoint);
                 self.last_checkpoint = Some(self.total_out);

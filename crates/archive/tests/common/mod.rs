@@ -71,6 +71,7 @@ pub fn layers() -> Vec<Layer> {
                     bits: 0,
                     window: Vec::new(),
                     digest: digest(1),
+                    content_digest: digest(11),
                 },
                 Span {
                     compressed_offset: 1_199_999,
@@ -79,6 +80,7 @@ pub fn layers() -> Vec<Layer> {
                     bits: 3,
                     window: text,
                     digest: digest(2),
+                    content_digest: digest(12),
                 },
                 Span {
                     compressed_offset: 2_399_999,
@@ -87,6 +89,7 @@ pub fn layers() -> Vec<Layer> {
                     bits: 7,
                     window: rng.bytes(100),
                     digest: digest(3),
+                    content_digest: digest(13),
                 },
             ],
         },
@@ -105,6 +108,7 @@ pub fn layers() -> Vec<Layer> {
                 bits: 0,
                 window: Vec::new(),
                 digest: digest(4),
+                content_digest: digest(14),
             }],
         },
         Layer {
@@ -123,6 +127,7 @@ pub fn layers() -> Vec<Layer> {
                     bits: 0,
                     window: Vec::new(),
                     digest: digest(5),
+                    content_digest: digest(15),
                 },
                 Span {
                     compressed_offset: 2_000,
@@ -131,6 +136,7 @@ pub fn layers() -> Vec<Layer> {
                     bits: 0,
                     window: Vec::new(),
                     digest: digest(6),
+                    content_digest: digest(16),
                 },
             ],
         },
@@ -332,6 +338,7 @@ pub fn synthetic_layer() -> Layer {
                 bits: 0,
                 window: Vec::new(),
                 digest: [i as u8; 32],
+                content_digest: [!(i as u8); 32],
             })
             .collect(),
     }
