@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clip_archive::{Archive, FileType, Ino, ROOT_INO};
+use clip_archive::{Archive, FileType, Ino};
 use serde_json::{json, Value};
 
 use crate::units;
@@ -60,36 +60,27 @@ struct Counts {
 }
 
 fn count(archive: &Archive) -> Result<Counts> {
-    let mut c = Counts {
-        entries: 1,
-        directories: 1,
-        ..Counts::default()
-    };
+    let mut c = Counts::default();
     let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![ROOT_INO];
-    while let Some(dir) = stack.pop() {
-        for child in archive.read_dir(dir)? {
-            let (_, ino) = child?;
-            let inode = archive.inode(ino)?;
-            c.entries += 1;
-            match inode.file_type() {
-                FileType::Directory => {
-                    c.directories += 1;
-                    stack.push(ino);
+    // The archive's own walk: each directory is entered once, whatever the file says.
+    for item in archive.walk() {
+        let (_, ino) = item?;
+        let inode = archive.inode(ino)?;
+        c.entries += 1;
+        match inode.file_type() {
+            FileType::Directory => c.directories += 1,
+            FileType::Regular => {
+                if seen.insert(ino) {
+                    c.regular += 1;
+                    c.content_bytes += inode.size();
+                } else {
+                    c.hardlinks += 1;
                 }
-                FileType::Regular => {
-                    if seen.insert(ino) {
-                        c.regular += 1;
-                        c.content_bytes += inode.size();
-                    } else {
-                        c.hardlinks += 1;
-                    }
-                }
-                FileType::Symlink => c.symlinks += 1,
-                FileType::CharDevice => c.char_devices += 1,
-                FileType::BlockDevice => c.block_devices += 1,
-                FileType::Fifo => c.fifos += 1,
             }
+            FileType::Symlink => c.symlinks += 1,
+            FileType::CharDevice => c.char_devices += 1,
+            FileType::BlockDevice => c.block_devices += 1,
+            FileType::Fifo => c.fifos += 1,
         }
     }
     Ok(c)
@@ -314,9 +305,28 @@ fn entry_line(archive: &Archive, name: &str, ino: Ino) -> Result<String> {
     );
     if i.file_type() == FileType::Symlink {
         line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(archive.symlink_target(ino)?));
+        line.push_str(&printable(archive.symlink_target(ino)?));
     }
     Ok(line)
+}
+
+/// A name as a terminal can show it: control characters escaped (`\n`, `\u{1b}`), bytes that
+/// are not UTF-8 as `\xNN`, so that no name in an image can move the cursor or change colours.
+fn printable(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 fn join(dir: &str, name: &[u8]) -> String {
@@ -350,7 +360,11 @@ fn list(
         if json {
             json_out.push(entry_json(archive, &norm, ino)?);
         } else {
-            writeln!(out, "{}", entry_line(archive, &norm, ino)?)?;
+            writeln!(
+                out,
+                "{}",
+                entry_line(archive, &printable(norm.as_bytes()), ino)?
+            )?;
         }
     } else {
         if json {
@@ -363,7 +377,7 @@ fn list(
                 if !first {
                     writeln!(out)?;
                 }
-                writeln!(out, "{dir_path}:")?;
+                writeln!(out, "{}:", printable(dir_path.as_bytes()))?;
             }
             first = false;
             for child in archive.read_dir(dir)? {
@@ -372,11 +386,7 @@ fn list(
                 if json {
                     json_out.push(entry_json(archive, &child_path, child_ino)?);
                 } else {
-                    writeln!(
-                        out,
-                        "{}",
-                        entry_line(archive, &String::from_utf8_lossy(name), child_ino)?
-                    )?;
+                    writeln!(out, "{}", entry_line(archive, &printable(name), child_ino)?)?;
                 }
                 if recursive && archive.inode(child_ino)?.file_type() == FileType::Directory {
                     queue.push_back((child_path, child_ino));
@@ -401,5 +411,15 @@ mod tests {
         assert_eq!(mode_string(FileType::Directory, 0o1777), "drwxrwxrwt");
         assert_eq!(mode_string(FileType::Regular, 0o2644), "-rw-r-Sr--");
         assert_eq!(mode_string(FileType::Symlink, 0o777), "lrwxrwxrwx");
+    }
+
+    #[test]
+    fn names_never_reach_the_terminal_raw() {
+        assert_eq!(printable(b"plain-name.txt"), "plain-name.txt");
+        assert_eq!(printable("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(printable(b"a\nb"), "a\\nb");
+        assert_eq!(printable(b"\x1b[31mred"), "\\u{1b}[31mred");
+        assert_eq!(printable(b"bad\xff"), "bad\\xff");
+        assert_eq!(printable(b"back\\slash"), "back\\\\slash");
     }
 }

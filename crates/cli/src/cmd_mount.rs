@@ -7,12 +7,13 @@
 //! counters are served as JSON on a unix socket named after the mountpoint (`clip stats DIR`).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clip_archive::Archive;
@@ -78,8 +79,16 @@ pub struct StatsArgs {
 struct FetchContent(Arc<Fetcher>);
 
 impl ContentSource for FetchContent {
-    fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError> {
-        self.0.read_at(layer, offset, buf).map_err(content_error)
+    fn read_at(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        since: Instant,
+    ) -> Result<usize, ContentError> {
+        self.0
+            .read_at_since(layer, offset, buf, since)
+            .map_err(content_error)
     }
 
     fn read_cached(
@@ -94,10 +103,6 @@ impl ContentSource for FetchContent {
             .read_cached(layer, offset, buf)
             .map(|r| r.map_err(content_error))
     }
-
-    fn cached_extent(&self, layer: u32, offset: u64, len: u64) -> Option<(std::fs::File, u64)> {
-        self.0.cached_extent(layer, offset, len)
-    }
 }
 
 /// A fetch failure as the filesystem core reports it: the fetcher's errno, its message logged.
@@ -105,7 +110,8 @@ fn content_error(e: clip_fetch::FetchError) -> ContentError {
     ContentError::new(e.errno(), e.to_string())
 }
 
-/// Where mount daemons keep their stats sockets and logs.
+/// Where mount daemons keep their stats sockets and logs: private to the user (`0700`,
+/// checked like the cache directory, see [`clip_fetch::open_private_dir`]).
 fn runtime_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
         return PathBuf::from("/run/clip");
@@ -153,16 +159,25 @@ fn run_daemon(args: &Args) -> Result<()> {
             .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
     }
     let (_, default_log) = mount_files(&args.dir)?;
+    let log_file = match &args.log_file {
+        Some(log) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log),
+        None => {
+            clip_fetch::open_private_dir(&runtime_dir())?;
+            // In our private directory, never through a symlink.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&default_log)
+        }
+    };
     let log = args.log_file.clone().unwrap_or(default_log);
-    if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening log {}", log.display()))?;
+    let log_file = log_file.with_context(|| format!("opening log {}", log.display()))?;
     let exe = std::env::current_exe().context("finding the clip executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount")
@@ -242,8 +257,11 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
         args.creds.as_deref(),
         args.insecure,
         &reference,
+        // A fetch retries for as long as a read may wait for it: bounded by time, not by a
+        // count of attempts (a registry that refuses connections fails each one at once).
         RetryPolicy {
             deadline: timeout,
+            max_attempts: u32::MAX,
             ..RetryPolicy::default()
         },
     )?;
@@ -353,8 +371,7 @@ struct StatsServer {
 impl StatsServer {
     fn start(path: &Path, fetcher: Arc<Fetcher>) -> Result<StatsServer> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            clip_fetch::open_private_dir(parent)?;
         }
         // A socket left by a mount process that died is stale: replace it.
         let _ = std::fs::remove_file(path);

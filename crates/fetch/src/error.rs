@@ -11,6 +11,10 @@ use clip_zran::ZranError;
 
 /// An error of the fetcher.
 ///
+/// Each message includes its cause (a fetch error is usually logged on its own, so it must say
+/// everything): no variant reports a `source()`, so that a chain printed with `{:#}` says each
+/// thing once.
+///
 /// The error is `Clone` (sources are behind `Arc`) because one failed fetch is reported to every
 /// reader that waited for the same span. [`FetchError::errno`] is what a filesystem answers.
 #[non_exhaustive]
@@ -18,7 +22,7 @@ use clip_zran::ZranError;
 pub enum FetchError {
     /// The archive is inconsistent (or a layer/span index is out of range).
     #[error("reading the .clip index failed: {0}")]
-    Archive(#[source] Arc<ArchiveError>),
+    Archive(Arc<ArchiveError>),
 
     /// A read starts past the end of the layer's uncompressed stream.
     #[error("offset {offset} is past the end of layer {layer} ({size} uncompressed bytes)")]
@@ -42,7 +46,7 @@ pub enum FetchError {
 
     /// The registry could not deliver the bytes (after the client's retries).
     #[error(
-        "fetching {} of layer {layer_digest} failed: {source}",
+        "fetching {} of layer {layer_digest} failed: {error}",
         match .span { Some(s) => format!("span {s}"), None => "a byte".to_string() }
     )]
     Registry {
@@ -51,8 +55,7 @@ pub enum FetchError {
         /// Span index in the layer (`None` for [`crate::Fetcher::check_registry`]).
         span: Option<usize>,
         /// What the registry client reported.
-        #[source]
-        source: Arc<RegistryError>,
+        error: Arc<RegistryError>,
     },
 
     /// The compressed bytes the registry sent do not hash to the span digest of the index.
@@ -72,16 +75,34 @@ pub enum FetchError {
         found: String,
     },
 
+    /// A span decoded to other bytes than the index records for it: the checkpoint's window or
+    /// bit offset in the index is damaged or forged (the compressed bytes were verified). Or a
+    /// cache entry being written did not get all its bytes.
+    #[error(
+        "span {span} of layer {layer_digest} decoded to content {found}, the index records \
+         {expected}; the index's seek data for this span is damaged or forged: re-create the \
+         index with `clip index`"
+    )]
+    ContentMismatch {
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+        /// Content digest from the archive (hex).
+        expected: String,
+        /// Digest (hex) of what was decoded, or how many bytes were.
+        found: String,
+    },
+
     /// Verified gzip bytes did not inflate from the span's checkpoint.
-    #[error("span {span} of layer {layer_digest} does not inflate: {source}")]
+    #[error("span {span} of layer {layer_digest} does not inflate: {error}")]
     Inflate {
         /// Layer blob digest.
         layer_digest: String,
         /// Span index in the layer.
         span: usize,
         /// What the inflater reported.
-        #[source]
-        source: Arc<ZranError>,
+        error: Arc<ZranError>,
     },
 
     /// Verified zstd bytes did not decode.
@@ -141,14 +162,17 @@ pub enum FetchError {
     },
 
     /// The cache directory could not be used.
-    #[error("cache {}: {source}", .path.display())]
+    #[error("cache {}: {error}", .path.display())]
     Cache {
         /// The file or directory concerned.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: Arc<io::Error>,
+        error: Arc<io::Error>,
     },
+
+    /// The cache directory is not private to this user (see [`crate::cache`]).
+    #[error("cache directory {0}")]
+    CacheNotPrivate(crate::cache::PrivateDirError),
 
     /// A fetch was abandoned before it finished (the fetcher was dropped).
     #[error("fetch of span {span} of layer {layer_digest} was cancelled")]
@@ -174,7 +198,7 @@ pub enum FetchError {
 
     /// A background thread could not be started.
     #[error("cannot start a fetch thread: {0}")]
-    Thread(#[source] Arc<io::Error>),
+    Thread(Arc<io::Error>),
 }
 
 impl FetchError {
@@ -190,22 +214,30 @@ impl FetchError {
             FetchError::InvalidLayerDigest { .. }
             | FetchError::Registry { .. }
             | FetchError::DigestMismatch { .. }
+            | FetchError::ContentMismatch { .. }
             | FetchError::Inflate { .. }
             | FetchError::Decode { .. }
             | FetchError::LengthMismatch { .. }
             | FetchError::SpanTooLarge { .. }
             | FetchError::Timeout { .. }
             | FetchError::Cache { .. }
+            | FetchError::CacheNotPrivate(_)
             | FetchError::Cancelled { .. }
             | FetchError::Panicked { .. }
             | FetchError::Thread(_) => libc::EIO,
         }
     }
 
-    pub(crate) fn cache(path: impl Into<PathBuf>, source: io::Error) -> FetchError {
+    /// Whether trying again later may succeed: the registry failed in a way that passes
+    /// (a reset, a timeout, a 5xx, a 429).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FetchError::Registry { error, .. } if error.is_transient())
+    }
+
+    pub(crate) fn cache(path: impl Into<PathBuf>, error: io::Error) -> FetchError {
         FetchError::Cache {
             path: path.into(),
-            source: Arc::new(source),
+            error: Arc::new(error),
         }
     }
 }
@@ -234,7 +266,7 @@ mod tests {
         let e = FetchError::Registry {
             layer_digest: "sha256:00".into(),
             span: None,
-            source: Arc::new(RegistryError::InvalidOptions { detail: "x".into() }),
+            error: Arc::new(RegistryError::InvalidOptions { detail: "x".into() }),
         };
         assert_eq!(e.errno(), libc::EIO);
         assert!(e.to_string().contains("a byte of layer"), "{e}");

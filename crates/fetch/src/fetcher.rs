@@ -6,9 +6,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::FileExt as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,7 +15,7 @@ use clip_archive::{Archive, Compression, SpanInfo, SpanTable};
 use clip_registry::{Client, Reference, RegistryError};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{self, Check, EntryState, Key, Lookup, SpanCache, HEADER_LEN};
+use crate::cache::{Check, LayerCache, Lookup, SpanCache};
 use crate::flight::{Claim, Claimed, Flight, Flights, Ready};
 use crate::{FetchError, FetchOptions, FetchStats};
 
@@ -29,6 +27,9 @@ const MAX_BUFFERED_OUTPUT: u64 = 16 << 20;
 const MAX_GZIP_SPAN: u64 = 256 << 20;
 /// Copy buffer of the streaming path.
 const STREAM_CHUNK: usize = 128 * 1024;
+/// First pause before a read tries a failed fetch again (then doubled, up to the next).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// Readahead requests beyond this many queued are dropped (readahead is a hint).
 const MAX_QUEUED_READAHEAD: usize = 64;
 
@@ -44,29 +45,12 @@ struct LayerState {
     compressed_size: u64,
     uncompressed_size: u64,
     spans: SpanTable<'static>,
-    /// Cache directory of the layer.
-    dir: PathBuf,
-    /// Per span: what this process knows of its cache entry.
-    entries: Vec<EntryState>,
+    /// Its entries in the span cache.
+    cache: LayerCache,
     /// Where the last read of this layer ended (`u64::MAX` before the first).
     last_end: AtomicU64,
     /// First span not yet handed to readahead.
     readahead_next: AtomicUsize,
-}
-
-impl LayerState {
-    fn entry(&self, span: usize) -> &EntryState {
-        // `entries` has one element per span of `spans`, and callers only pass span indexes
-        // the table returned; fall back to a shared blank state rather than panic.
-        static FALLBACK: std::sync::OnceLock<EntryState> = std::sync::OnceLock::new();
-        self.entries
-            .get(span)
-            .unwrap_or_else(|| FALLBACK.get_or_init(EntryState::default))
-    }
-
-    fn span_path(&self, info: &SpanInfo) -> PathBuf {
-        SpanCache::entry_path(&self.dir, info.uncompressed_offset, span_len(info))
-    }
 }
 
 fn span_len(info: &SpanInfo) -> u64 {
@@ -212,23 +196,21 @@ impl Shared {
         for (i, info) in archive.layers().iter().enumerate() {
             let index =
                 u32::try_from(i).map_err(|_| clip_archive::ArchiveError::NoSuchLayer(u32::MAX))?;
-            let dir =
-                cache
-                    .layer_dir(&info.digest)
-                    .ok_or_else(|| FetchError::InvalidLayerDigest {
-                        layer: index,
-                        digest: info.digest.clone(),
-                    })?;
             let spans = archive.spans(index)?;
+            let layer_cache = cache
+                .layer(index, &info.digest, spans.len())
+                .ok_or_else(|| FetchError::InvalidLayerDigest {
+                    layer: index,
+                    digest: info.digest.clone(),
+                })?;
             layers.push(LayerState {
                 index,
                 digest: Arc::from(info.digest.as_str()),
                 compression: info.compression,
                 compressed_size: info.compressed_size,
                 uncompressed_size: info.uncompressed_size,
-                entries: (0..spans.len()).map(|_| EntryState::default()).collect(),
                 spans,
-                dir,
+                cache: layer_cache,
                 last_end: AtomicU64::new(u64::MAX),
                 readahead_next: AtomicUsize::new(0),
             });
@@ -284,11 +266,12 @@ impl Shared {
             .ok_or_else(|| clip_archive::ArchiveError::NoSuchLayer(layer).into())
     }
 
-    fn deadline(&self) -> Instant {
-        let now = Instant::now();
-        now.checked_add(self.options.read_timeout)
-            .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
-            .unwrap_or(now)
+    /// When a read asked for at `since` must be over.
+    fn deadline(&self, since: Instant) -> Instant {
+        since
+            .checked_add(self.options.read_timeout)
+            .or_else(|| since.checked_add(Duration::from_secs(86_400 * 365)))
+            .unwrap_or(since)
     }
 
     pub(crate) fn stats(&self) -> FetchStats {
@@ -347,6 +330,7 @@ impl Shared {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        since: Instant,
     ) -> Result<usize, FetchError> {
         let l = self.layer(layer)?;
         let size = l.uncompressed_size;
@@ -366,16 +350,28 @@ impl Shared {
         if let Some(&(last, _)) = spans.last() {
             self.note_access(l, offset, end, last);
         }
-        let deadline = self.deadline();
+        let deadline = self.deadline(since);
         let mut retried = false;
+        let mut pause = RETRY_PAUSE;
         loop {
-            let (parts, readies) = self.obtain(l, &spans, deadline)?;
+            let (parts, readies) = match self.obtain(l, &spans, deadline) {
+                Ok(ready) => ready,
+                // The registry failed for now: within the read's budget, try again (the
+                // client's own retries are over for that fetch).
+                Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
+                    tracing::debug!(layer = %l.digest, error = %e, "fetch failed; trying again within the read's budget");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match self.copy_out(l, &parts, &readies, offset, end, buf) {
                 Ok(()) => return Ok(len as usize),
-                // A cache file went bad under us (truncated by someone): it was invalidated,
-                // so one more round fetches the span again.
+                // A cache file went bad under us (written to, or truncated, by someone): it was
+                // invalidated, so one more round verifies it again or fetches the span again.
                 Err(e) if !retried => {
-                    tracing::warn!(layer = %l.digest, error = %e, "cached span unreadable; fetching it again");
+                    tracing::warn!(layer = %l.digest, error = %e, "cached span unusable; checking it again");
                     retried = true;
                 }
                 Err(e) => return Err(e),
@@ -455,11 +451,9 @@ impl Shared {
             let rel = from - info.uncompressed_offset;
             match ready {
                 Ready::File(file) => {
-                    if let Err(e) = file.read_exact_at(dst, HEADER_LEN + rel) {
-                        let path = l.span_path(info);
-                        self.cache
-                            .invalidate((l.index, part.span), l.entry(part.span));
-                        return Err(FetchError::cache(path, e));
+                    if let Err(e) = l.cache.read(part.span, file, dst, rel) {
+                        l.cache.invalidate(part.span);
+                        return Err(FetchError::cache(l.cache.path(info), e));
                     }
                 }
                 Ready::Memory(bytes) => {
@@ -634,24 +628,14 @@ impl Shared {
 
     /// A verified cache entry for the span, if there is one (`check`: see [`Check`]).
     fn lookup_cached(&self, l: &LayerState, i: usize, info: &SpanInfo, check: Check) -> Cached {
-        let key: Key = (l.index, i);
-        let state = l.entry(i);
-        if let Some(file) = self.cache.open_entry(key, state) {
-            return Cached::Ready(Ready::File(file));
-        }
-        let path = l.span_path(info);
-        let source = || self.source_of(l, i, info).ok();
-        match self
-            .cache
-            .lookup(key, &path, span_len(info), state, &source, check)
-        {
+        match l.cache.lookup(i, info, check) {
             Lookup::Hit(file) => Cached::Ready(Ready::File(file)),
             Lookup::Miss => Cached::Miss,
             Lookup::Busy => Cached::Busy,
             Lookup::Corrupt(problem) => {
                 bump(&self.counters.cache_corrupt, 1);
-                tracing::error!(layer = %l.digest, span = i, path = %path.display(), %problem,
-                    "corrupt cache entry; fetching the span again");
+                tracing::error!(layer = %l.digest, span = i, path = %l.cache.path(info).display(),
+                    %problem, "corrupt cache entry; fetching the span again");
                 Cached::Miss
             }
         }
@@ -693,16 +677,6 @@ impl Shared {
         }
     }
 
-    fn source_of(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Result<[u8; 32], FetchError> {
-        let window = self.window(l, i, info)?;
-        Ok(cache::source_id(
-            l.compression,
-            &info.digest,
-            info.bits,
-            &window,
-        ))
-    }
-
     pub(crate) fn prefetch(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
         let l = self.layer(layer)?;
         let end = range.end.min(l.uncompressed_size);
@@ -710,34 +684,12 @@ impl Shared {
             return Ok(());
         }
         let spans = self.map_spans(l, range.start, end)?;
-        let deadline = self.deadline();
+        let deadline = self.deadline(Instant::now());
         // In batches, so that a huge range does not claim (and queue) everything at once.
         for batch in spans.chunks(64) {
             self.obtain(l, batch, deadline)?;
         }
         Ok(())
-    }
-
-    pub(crate) fn cached_extent(
-        &self,
-        layer: u32,
-        offset: u64,
-        len: u64,
-    ) -> Option<(std::fs::File, u64)> {
-        let l = self.layer(layer).ok()?;
-        let i = l.spans.find(offset)?;
-        let info = l.spans.get(i).ok()?;
-        if offset < info.uncompressed_offset || offset.checked_add(len)? > info.uncompressed_end {
-            return None;
-        }
-        let check = Check::Full {
-            until: self.deadline(),
-        };
-        let Cached::Ready(Ready::File(file)) = self.lookup_cached(l, i, &info, check) else {
-            return None;
-        };
-        let file = file.try_clone().ok()?;
-        Some((file, HEADER_LEN + (offset - info.uncompressed_offset)))
     }
 
     pub(crate) fn check_registry(&self) -> Result<(), FetchError> {
@@ -751,7 +703,7 @@ impl Shared {
             .map_err(|e| FetchError::Registry {
                 layer_digest: l.digest.to_string(),
                 span: None,
-                source: Arc::new(e),
+                error: Arc::new(e),
             })?;
         bump(&self.counters.bytes_fetched, bytes.len() as u64);
         Ok(())
@@ -861,8 +813,7 @@ impl Shared {
                     let Ok(info) = l.spans.get(i) else {
                         break;
                     };
-                    if span_len(&info) == 0 || self.cache.exists((l.index, i), &l.span_path(&info))
-                    {
+                    if span_len(&info) == 0 || l.cache.exists(i, &info) {
                         self.fetch_readahead(l, &mut run);
                         continue;
                     }
@@ -947,7 +898,7 @@ impl Shared {
                     let error = FetchError::Registry {
                         layer_digest: l.digest.to_string(),
                         span: Some(claim.span()),
-                        source: source.clone(),
+                        error: source.clone(),
                     };
                     self.complete(l, claim, Err(error), readahead);
                 }
@@ -965,7 +916,7 @@ impl Shared {
                 None => Err(FetchError::Registry {
                     layer_digest: l.digest.to_string(),
                     span: Some(claim.span()),
-                    source: Arc::new(RegistryError::Protocol {
+                    error: Arc::new(RegistryError::Protocol {
                         url: l.digest.to_string(),
                         detail: format!(
                             "asked for {} bytes at {start}, got {}",
@@ -1053,7 +1004,7 @@ impl Shared {
                         |e| FetchError::Inflate {
                             layer_digest: l.digest.to_string(),
                             span: i,
-                            source: Arc::new(e),
+                            error: Arc::new(e),
                         },
                     )?,
                 )
@@ -1076,10 +1027,23 @@ impl Shared {
                 found: output.len() as u64,
             });
         }
-        let source = cache::source_id(l.compression, &info.digest, info.bits, &window);
-        match self.store(l, i, info, &output, source) {
+        match self.store(l, i, info, &output) {
             Ok(file) => Ok(Ready::File(file)),
+            Err(e @ FetchError::ContentMismatch { .. }) => Err(self.content_mismatch(l, e)),
             Err(e) => {
+                // The cache cannot take it: check the content here, and serve it from memory.
+                let found: [u8; 32] = Sha256::digest(&output).into();
+                if found != info.content_digest {
+                    return Err(self.content_mismatch(
+                        l,
+                        FetchError::ContentMismatch {
+                            layer_digest: l.digest.to_string(),
+                            span: i,
+                            expected: hex::encode(info.content_digest),
+                            found: hex::encode(found),
+                        },
+                    ));
+                }
                 tracing::warn!(layer = %l.digest, span = i, error = %e,
                     "cannot cache a span; serving it from memory");
                 Ok(Ready::Memory(Arc::from(output.into_owned())))
@@ -1087,28 +1051,35 @@ impl Shared {
         }
     }
 
+    /// Writes a decoded span into the cache; published only if it has the content digest.
     fn store(
         &self,
         l: &LayerState,
         i: usize,
         info: &SpanInfo,
         data: &[u8],
-        source: [u8; 32],
     ) -> Result<Arc<std::fs::File>, FetchError> {
-        let path = l.span_path(info);
-        let mut writer = self.cache.writer(&l.dir, &path)?;
+        let mut writer = l.cache.writer(info)?;
         writer.write_all(data)?;
-        self.cache.publish(writer, (l.index, i), source, l.entry(i))
+        l.cache.publish(writer, &l.digest, i)
+    }
+
+    /// A span decoded to other bytes than the index records: counted and logged, never served.
+    fn content_mismatch(&self, l: &LayerState, error: FetchError) -> FetchError {
+        bump(&self.counters.verify_failures, 1);
+        tracing::error!(layer = %l.digest, error = %error,
+            "span content mismatch: refusing the decoded bytes");
+        error
     }
 
     /// Streams a large zstd or uncompressed span from the registry through the hasher and the
     /// decoder into a cache temp file; publishes it once the digest matched.
     fn stream_span(&self, l: &LayerState, i: usize, info: &SpanInfo) -> Result<Ready, FetchError> {
         let len = span_len(info);
-        let registry_error = |source: RegistryError| FetchError::Registry {
+        let registry_error = |error: RegistryError| FetchError::Registry {
             layer_digest: l.digest.to_string(),
             span: Some(i),
-            source: Arc::new(source),
+            error: Arc::new(error),
         };
         tracing::debug!(layer = %l.digest, span = i, bytes = info.compressed_end - info.compressed_offset,
             "streaming a large span");
@@ -1137,8 +1108,7 @@ impl Shared {
             count: 0,
             failure: &failure,
         };
-        let path = l.span_path(info);
-        let mut writer = self.cache.writer(&l.dir, &path)?;
+        let mut writer = l.cache.writer(info)?;
         let decode_error = |detail: String| FetchError::Decode {
             layer_digest: l.digest.to_string(),
             span: i,
@@ -1228,12 +1198,11 @@ impl Shared {
                 found: writer.written(),
             });
         }
-        let window = self.window(l, i, info)?;
-        let source = cache::source_id(l.compression, &info.digest, info.bits, &window);
-        let file = self
-            .cache
-            .publish(writer, (l.index, i), source, l.entry(i))?;
-        Ok(Ready::File(file))
+        match l.cache.publish(writer, &l.digest, i) {
+            Ok(file) => Ok(Ready::File(file)),
+            Err(e @ FetchError::ContentMismatch { .. }) => Err(self.content_mismatch(l, e)),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -1465,8 +1434,9 @@ mod tests {
                 dir: cache.to_path_buf(),
                 max_bytes: 1 << 30,
             },
-            // Only a dead worker would make a read wait this long.
-            read_timeout: Duration::from_secs(120),
+            // A dead worker would make a read time out; a live one fails it with the registry
+            // error once the read's budget is spent on retries.
+            read_timeout: Duration::from_secs(2),
             workers,
             ..FetchOptions::default()
         };
@@ -1480,7 +1450,7 @@ mod tests {
         let shared = unreachable_fetcher(cache.path(), 1);
         let mut buf = [0u8; 10];
         shared.panic_in_fetch.store(true, Ordering::SeqCst);
-        let err = shared.read_at(0, 0, &mut buf).unwrap_err();
+        let err = shared.read_at(0, 0, &mut buf, Instant::now()).unwrap_err();
         assert!(
             matches!(err, FetchError::Panicked { span: 0, .. }),
             "{err:?}"
@@ -1491,7 +1461,7 @@ mod tests {
         // The same worker takes the next job (which fails for want of a registry, not of a
         // worker), and the failed span was not remembered as claimed.
         shared.panic_in_fetch.store(false, Ordering::SeqCst);
-        let err = shared.read_at(0, 0, &mut buf).unwrap_err();
+        let err = shared.read_at(0, 0, &mut buf, Instant::now()).unwrap_err();
         assert!(
             matches!(err, FetchError::Registry { span: Some(0), .. }),
             "{err:?}"

@@ -83,11 +83,12 @@ mod flight;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clip_archive::Archive;
 use clip_registry::{Client, Reference};
 
+pub use cache::{open_private_dir, PrivateDirError};
 pub use error::FetchError;
 
 /// Where the span cache lives and how large it may grow.
@@ -139,9 +140,11 @@ pub(crate) fn effective_uid() -> Option<u32> {
 pub struct FetchOptions {
     /// The span cache.
     pub cache: CacheOptions,
-    /// Longest time one read waits for its spans; past it the read fails with
-    /// [`FetchError::Timeout`] (the mount answers `EIO` and stays up). Default 30 s. Keep it at
-    /// least the registry client's retry deadline for reads to outlast retries.
+    /// The budget of one read: the longest it waits for its spans, fetches failing and being
+    /// tried again within it; past it the read fails with [`FetchError::Timeout`] (the mount
+    /// answers `EIO` and stays up). Default 30 s. Give the registry client a retry policy
+    /// bounded by time (its `deadline`) rather than by a small number of attempts, so that a
+    /// fetch keeps trying for as long as readers may wait for it.
     pub read_timeout: Duration,
     /// Spans fetched ahead in the background when reads of a layer look sequential. Default 4;
     /// 0 disables readahead.
@@ -226,8 +229,23 @@ impl Fetcher {
 
     /// Reads `buf.len()` bytes (fewer at the end of the layer) at `offset` of layer `layer`'s
     /// uncompressed stream; returns how many. `offset` equal to the layer size reads 0 bytes.
+    /// The read may take [`FetchOptions::read_timeout`] from now.
     pub fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, FetchError> {
-        self.shared.read_at(layer, offset, buf)
+        self.read_at_since(layer, offset, buf, Instant::now())
+    }
+
+    /// [`Fetcher::read_at`] for a read that was asked for at `since` (when a filesystem request
+    /// arrived, say): its [`FetchOptions::read_timeout`] counts from then, queueing included.
+    /// Within that budget failed fetches are tried again; past it the read fails with
+    /// [`FetchError::Timeout`] (or the last fetch error).
+    pub fn read_at_since(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        since: Instant,
+    ) -> Result<usize, FetchError> {
+        self.shared.read_at(layer, offset, buf, since)
     }
 
     /// [`Fetcher::read_at`] for bytes that are in the cache already, without ever waiting:
@@ -254,13 +272,6 @@ impl Fetcher {
     /// cache (fetching what is missing, coalesced), without copying bytes anywhere.
     pub fn prefetch(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
         self.shared.prefetch(layer, range)
-    }
-
-    /// If `[offset, offset + len)` of the layer lies entirely inside one cached span, an open
-    /// handle on that cache file and the file offset of `offset` in it (for FUSE passthrough or
-    /// `splice`). Never fetches; `None` when not cached.
-    pub fn cached_extent(&self, layer: u32, offset: u64, len: u64) -> Option<(std::fs::File, u64)> {
-        self.shared.cached_extent(layer, offset, len)
     }
 
     /// Waits until no background fetch (readahead included) is queued or running and the cache

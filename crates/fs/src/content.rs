@@ -1,6 +1,7 @@
 //! Where file bytes come from: the [`ContentSource`] trait.
 
 use std::fmt;
+use std::time::Instant;
 
 /// The bytes of the image's layers, addressed in each layer's *uncompressed* tar stream.
 ///
@@ -15,8 +16,15 @@ pub trait ContentSource: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset` of layer `layer`'s uncompressed tar stream
     /// into `buf` and returns how many were read. A short count is allowed (the core asks again
     /// for the rest); `Ok(0)` means nothing is there (the core then reports `EIO` if it
-    /// expected bytes).
-    fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError>;
+    /// expected bytes). `since` is when the read was asked for (a filesystem request arrived):
+    /// a time budget for the read counts from then, time spent queueing included.
+    fn read_at(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        since: Instant,
+    ) -> Result<usize, ContentError>;
 
     /// Like [`ContentSource::read_at`], but **never blocks**: `Some` only when the bytes at
     /// `offset` are available locally (cached and verified) without waiting for a fetch, a
@@ -39,14 +47,6 @@ pub trait ContentSource: Send + Sync {
         _offset: u64,
         _buf: &mut [u8],
     ) -> Option<Result<usize, ContentError>> {
-        None
-    }
-
-    /// Optional: a local file holding `[offset, offset + len)` of layer `layer`, and the
-    /// position of byte `offset` in that file. Meant for FUSE passthrough, which needs a
-    /// backing file whose offsets equal the served file's (position 0, length `len`). The FUSE
-    /// adapter does not use it yet; the default returns `None`.
-    fn cached_extent(&self, _layer: u32, _offset: u64, _len: u64) -> Option<(std::fs::File, u64)> {
         None
     }
 }

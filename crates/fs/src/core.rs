@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clip_archive::{Archive, DirEntries, FileType, Ino, InodeRef};
 
@@ -212,15 +212,23 @@ impl FsCore {
         let node = self.file_node(ino)?;
         let len = read_len(node.size(), offset, u64::from(size));
         let mut buf = vec![0; len];
-        let n = self.read_node(&node, offset, &mut buf)?;
+        let n = self.read_node(&node, offset, &mut buf, Instant::now())?;
         buf.truncate(n);
         Ok(buf)
     }
 
-    /// [`FsCore::read`] into a caller's buffer; returns the number of bytes read.
-    pub fn read_into(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+    /// [`FsCore::read`] into a caller's buffer; returns the number of bytes read. `since` is
+    /// when the read was asked for: the content source's time budget counts from then (see
+    /// [`ContentSource::read_at`]).
+    pub fn read_into(
+        &self,
+        ino: Ino,
+        offset: u64,
+        buf: &mut [u8],
+        since: Instant,
+    ) -> Result<usize, FsError> {
         let node = self.file_node(ino)?;
-        self.read_node(&node, offset, buf)
+        self.read_node(&node, offset, buf, since)
     }
 
     /// [`FsCore::read_into`] served only from bytes the content source has at hand
@@ -256,7 +264,7 @@ impl FsCore {
     /// `ENODATA` when there is none, `ERANGE` when it does not fit in `size` bytes.
     pub fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
         let node = self.node(ino)?;
-        let value = if node.has_xattrs() {
+        let value = if node.has_xattrs() && !is_hidden_xattr(name) {
             self.archive
                 .xattr(ino, name)
                 .map_err(|source| FsError::Archive { ino, source })?
@@ -280,7 +288,7 @@ impl FsCore {
                 .archive
                 .xattrs(ino)
                 .map_err(|source| FsError::Archive { ino, source })?;
-            for (name, _) in pairs {
+            for (name, _) in pairs.into_iter().filter(|(n, _)| !is_hidden_xattr(n)) {
                 list.extend_from_slice(name);
                 list.push(0);
             }
@@ -350,9 +358,10 @@ impl FsCore {
         node: &InodeRef<'static>,
         offset: u64,
         buf: &mut [u8],
+        since: Instant,
     ) -> Result<usize, FsError> {
         let Ok(read) = self.fill(node, offset, buf, |layer, at, rest| {
-            Ok::<_, Infallible>(self.content.read_at(layer, at, rest))
+            Ok::<_, Infallible>(self.content.read_at(layer, at, rest, since))
         });
         read
     }
@@ -451,6 +460,15 @@ impl Iterator for ReadDir<'_> {
 }
 
 /// How many bytes a read of `want` at `offset` gets from a file of `size` bytes.
+/// Extended attributes that steer an overlay filesystem stacked on the mount
+/// (`trusted.overlay.opaque`, `trusted.overlay.redirect`, their `user.overlay.*` twins, ...).
+/// They are never shown: an image must not decide what overlayfs does with the layers of a
+/// container built on it (`umoci unpack` drops them too, and `clip index` does not record
+/// them; this covers indexes made otherwise).
+fn is_hidden_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
+
 fn read_len(size: u64, offset: u64, want: u64) -> usize {
     let n = size.saturating_sub(offset).min(want);
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -764,7 +782,12 @@ mod tests {
         }
         assert_eq!(got, want);
         let mut buf = [0u8; 10];
-        assert_eq!(f.core.read_into(busybox, 99_995, &mut buf).unwrap(), 5);
+        assert_eq!(
+            f.core
+                .read_into(busybox, 99_995, &mut buf, Instant::now())
+                .unwrap(),
+            5
+        );
         assert_eq!(buf[..5], want[99_995..]);
 
         let err = f.core.read(f.ino("/etc"), 0, 10).unwrap_err();
@@ -800,7 +823,10 @@ mod tests {
         for &(path, offset, size) in cases {
             let ino = f.ino(path);
             let mut want = vec![0; size];
-            let want_n = f.core.read_into(ino, offset, &mut want).unwrap();
+            let want_n = f
+                .core
+                .read_into(ino, offset, &mut want, Instant::now())
+                .unwrap();
             let mut got = vec![0; size];
             let got_n = f
                 .core
@@ -898,7 +924,13 @@ mod tests {
     struct CacheAnswers(Option<Result<usize, ContentError>>);
 
     impl ContentSource for CacheAnswers {
-        fn read_at(&self, _: u32, _: u64, _: &mut [u8]) -> Result<usize, ContentError> {
+        fn read_at(
+            &self,
+            _: u32,
+            _: u64,
+            _: &mut [u8],
+            _: std::time::Instant,
+        ) -> Result<usize, ContentError> {
             panic!("read_cached must not fall back to read_at");
         }
 
@@ -1028,13 +1060,19 @@ mod tests {
     }
 
     impl ContentSource for Flaky {
-        fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError> {
+        fn read_at(
+            &self,
+            layer: u32,
+            offset: u64,
+            buf: &mut [u8],
+            since: std::time::Instant,
+        ) -> Result<usize, ContentError> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             match self.mode {
                 // One byte at a time.
                 0 => {
                     let one = buf.len().min(1);
-                    self.inner.read_at(layer, offset, &mut buf[..one])
+                    self.inner.read_at(layer, offset, &mut buf[..one], since)
                 }
                 1 => Err(ContentError::new(libc::ETIMEDOUT, "registry stalled")),
                 2 => Err(ContentError::new(0, "no errno")),

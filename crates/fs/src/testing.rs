@@ -243,7 +243,13 @@ impl MemoryContent {
 }
 
 impl ContentSource for MemoryContent {
-    fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError> {
+    fn read_at(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        _since: std::time::Instant,
+    ) -> Result<usize, ContentError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         if let Some(gate) = self.gates.get(&layer) {
             gate.pass();

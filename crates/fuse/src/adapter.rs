@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use clip_fs::{Attr, FileType, FsCore, FsError, XattrReply};
 use fuser::{
@@ -58,6 +58,8 @@ struct ReadJob {
     ino: u64,
     offset: u64,
     size: u32,
+    /// When the request arrived: the read's time budget counts from then, queueing included.
+    received: Instant,
     reply: ReplyData,
 }
 
@@ -89,7 +91,7 @@ fn read_worker(core: &FsCore, jobs: &Mutex<Receiver<ReadJob>>) {
         let buf = sized_buf(&mut buf, job.size);
         // A panic (in the content source, say) fails this read, not the worker.
         let read = catch_unwind(AssertUnwindSafe(|| {
-            core.read_into(job.ino, job.offset, &mut buf[..])
+            core.read_into(job.ino, job.offset, &mut buf[..], job.received)
         }));
         match read {
             Ok(Ok(n)) => job.reply.data(&buf[..n]),
@@ -254,6 +256,7 @@ impl Filesystem for ClipFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let received = Instant::now();
         // Bytes the content source has at hand are served here, at once: they never queue
         // behind reads waiting on a fetch. The rest goes to the read workers.
         let reply = CACHED_READ_BUF.with_borrow_mut(|buf| {
@@ -279,6 +282,7 @@ impl Filesystem for ClipFs {
             ino: ino.0,
             offset,
             size,
+            received,
             reply,
         };
         if let Err(mpsc::SendError(job)) = self.reads.send(job) {

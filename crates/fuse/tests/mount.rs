@@ -422,9 +422,15 @@ fn a_slow_read_blocks_nothing_else() {
 struct Panicky(Arc<MemoryContent>);
 
 impl ContentSource for Panicky {
-    fn read_at(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, ContentError> {
+    fn read_at(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        since: std::time::Instant,
+    ) -> Result<usize, ContentError> {
         assert_ne!(layer, 2, "injected panic: read_at of layer 2");
-        self.0.read_at(layer, offset, buf)
+        self.0.read_at(layer, offset, buf, since)
     }
 
     fn read_cached(
