@@ -2,12 +2,42 @@
 //!
 //! [`reseal`] recomputes the checksum of a patched archive, so that corrupted bytes get past
 //! [`Archive::open`] and reach the bounds checks behind it; [`exercise`] calls every reader
-//! accessor on everything an archive holds. Errors are fine, panics are bugs.
+//! accessor on everything an archive holds. Errors are fine, panics are bugs. [`decompose`]
+//! turns an archive back into the writer's input, so that a test can craft a consistent index
+//! that lies (a forged window, an xattr the indexer would never record) and write it out.
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::format::CHECKSUM_START;
-use crate::{Archive, FileType, ROOT_INO};
+use crate::{Archive, ArchiveError, FileType, ImageMeta, Layer, Tree, ROOT_INO};
+
+/// The writer's input an archive was made from: metadata, layers with their spans and
+/// windows, and the tree (inode `ino` at index `ino - 1`).
+pub fn decompose(archive: &Archive<'_>) -> Result<(ImageMeta, Vec<Layer>, Tree), ArchiveError> {
+    let layers = (0..archive.layers().len())
+        .map(|l| archive.layer_owned(u32::try_from(l).unwrap_or(u32::MAX)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = archive.inode_count();
+    let mut tree = Tree::default();
+    for ino in 1..=count {
+        let inode = archive.inode_owned(ino)?;
+        let mut children = Vec::new();
+        if inode.file_type == FileType::Directory {
+            for entry in archive.read_dir(ino)? {
+                let (name, child) = entry?;
+                children.push((name.to_vec(), index_of(child)));
+            }
+        }
+        tree.inodes.push(inode);
+        tree.children.push(children);
+    }
+    tree.root = index_of(ROOT_INO);
+    Ok((archive.meta().clone(), layers, tree))
+}
+
+fn index_of(ino: u64) -> usize {
+    usize::try_from(ino.saturating_sub(1)).unwrap_or(usize::MAX)
+}
 
 /// Recomputes and stores the header checksum of `bytes` (no-op for fewer than 32 bytes).
 pub fn reseal(bytes: &mut [u8]) {

@@ -491,3 +491,14 @@ fn errors_say_what_to_do() {
     assert!(e.is_corruption());
     assert!(!ArchiveError::NoSuchInode(3).is_corruption());
 }
+
+#[test]
+fn decompose_gives_back_the_writers_input() {
+    let (tree, _) = full_tree();
+    let bytes = write_archive(&meta(), &layers(), &tree).unwrap();
+    let archive = Archive::open(&bytes).unwrap();
+    let (m, l, t) = clip_archive::testing::decompose(&archive).unwrap();
+    assert_eq!(m, meta());
+    assert_eq!(l, layers());
+    assert_eq!(write_archive(&m, &l, &t).unwrap(), bytes);
+}
