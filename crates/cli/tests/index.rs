@@ -49,6 +49,7 @@ fn without_pax_only(fixture: &str) -> String {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn index_matches_umoci_unpack() {
     let registry = Registry::start();
     main_image(TarFlavor::Pax).push(&registry, "main:1", ManifestFlavor::Oci);
@@ -105,6 +106,7 @@ fn index_matches_umoci_unpack() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn tar_dialects_index_identically() {
     // Ustar cannot say long names, sub-second times, big ids or xattrs: a fixture it can carry,
     // written in all three dialects, with `./` names and a PAX global header for good measure.
@@ -161,6 +163,7 @@ fn tar_dialects_index_identically() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn compressions_give_the_same_tree() {
     let fixture = format!(
         "/usr dir 0755 0 0\n/usr/big file 0644 0 0 size=3000000 seed=9 text\n{}",
@@ -215,6 +218,7 @@ fn compressions_give_the_same_tree() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn docker_manifests_and_multi_arch_indexes() {
     let registry = Registry::start();
     let scratch = Scratch::new();
@@ -293,6 +297,7 @@ fn docker_manifests_and_multi_arch_indexes() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn credentials_from_flags_and_auth_files() {
     let registry = Registry::start_with_auth("alice", "s3cret");
     Image::new()
@@ -350,6 +355,7 @@ fn credentials_from_flags_and_auth_files() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn missing_tags_repositories_and_corrupt_blobs_are_clear_errors() {
     let registry = Registry::start();
     let pushed = Image::new()
@@ -402,6 +408,7 @@ fn missing_tags_repositories_and_corrupt_blobs_are_clear_errors() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn archives_are_deterministic_small_and_inspectable() {
     // A small image: a few MB in a few hundred files.
     let mut fixture = String::from("/usr dir 0755 0 0\n/usr/share dir 0755 0 0\n");
@@ -487,6 +494,7 @@ fn archives_are_deterministic_small_and_inspectable() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn hostile_layers_are_refused_or_contained() {
     let registry = Registry::start();
     let scratch = Scratch::new();

@@ -71,31 +71,37 @@ fn exact_case(compression: Compression, tag: &str) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn a_exact_gzip() {
     exact_case(Compression::Gzip, "exact:gzip");
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn a_exact_zstd_multi_frame() {
     exact_case(Compression::ZstdMultiFrame(300_000), "exact:zstdmf");
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn a_exact_zstd_single_frame() {
     exact_case(Compression::Zstd, "exact:zstd");
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn a_exact_uncompressed() {
     exact_case(Compression::None, "exact:none");
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn a_exact_multi_member_gzip() {
     exact_case(Compression::GzipMultiMember(4), "exact:members");
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn b_lazy_reads_fetch_only_what_is_read() {
     let s = Setup::new();
     // A gzip layer of more than 100 MB compressed: incompressible files and some text.
@@ -181,6 +187,7 @@ fn b_lazy_reads_fetch_only_what_is_read() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn c_corrupt_blob_gives_eio_never_wrong_bytes() {
     let s = Setup::new();
     let mut fixture = String::from("/d dir 0755 0 0\n");
@@ -233,6 +240,7 @@ fn c_corrupt_blob_gives_eio_never_wrong_bytes() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn d_warm_cache_needs_no_registry() {
     let s = Setup::new();
     let fixture = format!(
@@ -268,6 +276,7 @@ fn d_warm_cache_needs_no_registry() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn e_concurrent_readers_get_the_right_bytes_and_each_span_once() {
     let s = Setup::new();
     let mut fixture = String::from("/c dir 0755 0 0\n");
@@ -337,6 +346,7 @@ fn e_concurrent_readers_get_the_right_bytes_and_each_span_once() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn f_faults_give_eio_or_right_bytes_and_the_mount_recovers() {
     let s = Setup::new();
     let mut fixture = String::from("/f dir 0755 0 0\n");
@@ -558,6 +568,7 @@ impl Drop for Container {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn g_runc_boots_from_the_mount_through_overlayfs() {
     let s = Setup::new();
     let layer = busybox_layer();
@@ -632,6 +643,7 @@ fn g_runc_boots_from_the_mount_through_overlayfs() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn h_stale_mount_is_cleared_by_umount() {
     let s = Setup::new();
     Image::new()
@@ -652,6 +664,7 @@ fn h_stale_mount_is_cleared_by_umount() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn sigterm_and_sigint_unmount_cleanly() {
     let s = Setup::new();
     Image::new()
@@ -675,6 +688,7 @@ fn sigterm_and_sigint_unmount_cleanly() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn mount_errors_leave_no_mount_behind() {
     let s = Setup::new();
     Image::new()
@@ -720,6 +734,7 @@ fn mount_errors_leave_no_mount_behind() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci, runc (scripts/test.sh runs it)"]
 fn daemon_mode_stats_and_umount() {
     let s = Setup::new();
     Image::new()

@@ -253,6 +253,7 @@ fn uncompressed_spans_larger_than_a_request_stream_in_pieces() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn a_small_read_fetches_one_span_with_one_request() {
     let setup = setup(vec![layer(Compression::Gzip, 2_000_000, 1)], "fetch:one");
     let fetcher = setup.fetcher(setup.options());
@@ -293,6 +294,7 @@ fn a_small_read_fetches_one_span_with_one_request() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn neighbouring_missing_spans_are_coalesced() {
     let setup = setup(
         vec![layer(Compression::Gzip, 2_000_000, 2)],
@@ -329,6 +331,7 @@ fn neighbouring_missing_spans_are_coalesced() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn the_request_cap_splits_coalesced_fetches() {
     let setup = setup(vec![layer(Compression::None, 1_000_000, 3)], "fetch:cap");
     let mut options = setup.options();
@@ -346,6 +349,7 @@ fn the_request_cap_splits_coalesced_fetches() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn a_warm_cache_serves_the_image_without_the_registry() {
     let setup = setup(
         vec![
@@ -393,6 +397,7 @@ fn a_warm_cache_serves_the_image_without_the_registry() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn concurrent_readers_fetch_every_span_once() {
     let setup = setup(
         vec![layer(Compression::Gzip, 3_000_000, 8)],
@@ -472,6 +477,7 @@ fn entry_name(setup: &Setup, layer: u32, span: usize) -> String {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn a_corrupt_blob_is_refused_span_by_span() {
     let setup = setup(
         vec![layer(Compression::Gzip, 2_000_000, 9)],
@@ -524,6 +530,7 @@ fn a_corrupt_blob_is_refused_span_by_span() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn a_corrupt_single_frame_zstd_blob_is_refused_when_streamed() {
     let setup = setup(
         vec![layer(Compression::Zstd, 800_000, 10)],
@@ -543,6 +550,7 @@ fn a_corrupt_single_frame_zstd_blob_is_refused_when_streamed() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn a_corrupt_cache_entry_is_detected_and_fetched_again() {
     let setup = setup(
         vec![layer(Compression::Gzip, 1_000_000, 11)],
@@ -583,6 +591,7 @@ fn a_corrupt_cache_entry_is_detected_and_fetched_again() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn eviction_keeps_the_cache_under_its_bound() {
     let setup = setup(vec![layer(Compression::Gzip, 2_000_000, 12)], "fetch:evict");
     let mut options = setup.options();
@@ -620,6 +629,7 @@ fn eviction_keeps_the_cache_under_its_bound() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn sequential_reads_prefetch_the_next_spans() {
     let setup = setup(
         vec![layer(Compression::Gzip, 2_000_000, 13)],
@@ -656,6 +666,7 @@ fn sequential_reads_prefetch_the_next_spans() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn prefetch_caches_without_copying() {
     let setup = setup(
         vec![layer(Compression::Gzip, 1_000_000, 14)],
@@ -707,6 +718,7 @@ fn impatient_client() -> Client {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn new_does_not_touch_the_network_and_check_registry_does() {
     let setup = setup(vec![layer(Compression::Gzip, 300_000, 15)], "fetch:check");
     let mut options = setup.options();
@@ -744,6 +756,7 @@ fn new_does_not_touch_the_network_and_check_registry_does() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn a_read_times_out_and_a_later_read_succeeds() {
     let setup = setup(vec![layer(Compression::Gzip, 500_000, 16)], "fetch:timeout");
     // A "registry" that accepts connections and never answers.
@@ -783,6 +796,7 @@ fn a_read_times_out_and_a_later_read_succeeds() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn read_cached_serves_only_what_is_cached_and_verified() {
     let setup = setup(
         vec![layer(Compression::Gzip, 1_000_000, 17)],
@@ -978,6 +992,7 @@ fn serve_one(
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn stalled_readahead_never_blocks_a_demand_read() {
     let setup = setup(
         vec![layer(Compression::Gzip, 3_000_000, 18)],
@@ -1037,6 +1052,7 @@ fn entry_path(setup: &Setup, layer: usize, span: usize) -> PathBuf {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn fifos_symlinks_and_directories_at_entry_paths_are_not_served() {
     let setup = setup(
         vec![layer(Compression::Gzip, 1_000_000, 19)],

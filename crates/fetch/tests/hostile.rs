@@ -157,6 +157,7 @@ fn a_cache_dir_that_cannot_be_created_is_an_error() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn a_streamed_span_longer_than_the_index_says_stops_at_once() {
     // A 4 MB uncompressed blob whose index says its second span holds 1 MB: streamed in
     // 100 kB requests, the copy notices after 1 MB and 100 kB, and stops there rather than

@@ -134,6 +134,7 @@ fn errno(e: &io::Error) -> i32 {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn the_mount_shows_the_image() {
     let m = TestMount::new(image(), &MountOptions::default(), None);
     assert!(is_mountpoint(m.root()));
@@ -299,6 +300,7 @@ fn mountinfo_line(path: &Path) -> Option<String> {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn every_write_fails_with_erofs() {
     let m = TestMount::new(image(), &MountOptions::default(), None);
     let hostname = m.path("etc/hostname");
@@ -349,6 +351,7 @@ fn every_write_fails_with_erofs() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn a_slow_read_blocks_nothing_else() {
     let mut image = image();
     image.file_in_layer(1, "/slow", 0o644, &[7u8; 4096]);
@@ -445,6 +448,7 @@ impl ContentSource for Panicky {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn a_panicking_read_fails_with_eio_and_the_threads_go_on_serving() {
     let mut image = image();
     image.file_in_layer(2, "/boom", 0o644, b"never served\n");
@@ -498,6 +502,7 @@ fn run_as(uid: u32, program: &str, args: &[&Path]) -> (bool, String, String) {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn allow_other_lets_other_users_in_and_the_kernel_checks_modes() {
     let m = TestMount::new(image(), &MountOptions::default(), None);
     let (ok, _, stderr) = run_as(1000, "cat", &[&m.path("etc/hostname")]);
@@ -527,6 +532,7 @@ fn allow_other_lets_other_users_in_and_the_kernel_checks_modes() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn mount_and_unmount_refuse_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let core = || {
@@ -573,6 +579,7 @@ fn mount_and_unmount_refuse_clearly() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn wait_returns_once_unmounted_from_outside() {
     let mut m = TestMount::new(image(), &MountOptions::default(), None);
     let mounted = m.mounted.take().unwrap();
@@ -598,6 +605,7 @@ fn wait_returns_once_unmounted_from_outside() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn a_busy_mount_is_detached_and_keeps_serving_open_files() {
     let m = TestMount::new(image(), &MountOptions::default(), None);
     let mut open = File::open(m.path("etc/passwd")).unwrap();
@@ -627,6 +635,7 @@ impl Drop for Helper {
 }
 
 #[test]
+#[ignore = "privileged: needs root and FUSE (scripts/test.sh runs it)"]
 fn clip_umount_clears_a_mount_whose_process_died() {
     assert!(rustix::process::geteuid().is_root(), "needs root");
     let dir = tempfile::tempdir().unwrap();

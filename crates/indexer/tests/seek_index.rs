@@ -168,11 +168,13 @@ fn a_layer_that_is_not_its_diff_id_is_refused() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn random_reads_through_span_checkpoints() {
     check_random_reads(Compression::Gzip, "seek:gzip");
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn random_reads_across_gzip_members() {
     check_random_reads(Compression::GzipMultiMember(5), "seek:members");
 }

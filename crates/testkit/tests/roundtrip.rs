@@ -46,6 +46,7 @@ fn entry<'a>(tree: &'a TreeSnapshot, path: &str) -> &'a EntrySnapshot {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn two_layer_image_unpacks_as_the_fixture_says() {
     let registry = Registry::start();
     let base = Layer::from_fixture(BASE);
@@ -178,6 +179,7 @@ fn two_layer_image_unpacks_as_the_fixture_says() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn auth_registry_rejects_anonymous_pushes_and_accepts_credentials() {
     let registry = Registry::start_with_auth("alice", "s3cret");
     let image = Image::new().layer(Layer::from_fixture("/hello file content=\"hi\""));
@@ -212,6 +214,7 @@ fn auth_registry_rejects_anonymous_pushes_and_accepts_credentials() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn multi_platform_index_selects_each_platform() {
     let registry = Registry::start();
     for flavor in [ManifestFlavor::Oci, ManifestFlavor::Docker] {
@@ -245,6 +248,7 @@ fn multi_platform_index_selects_each_platform() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
 fn tar_flavours_and_compressions_unpack_alike() {
     let long_dir = format!("/{}/{}", "d".repeat(60), "e".repeat(60));
     let long_name = format!("{long_dir}/{}", "n".repeat(90));

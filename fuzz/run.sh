@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS each (default 600; .ci/run runs a 30 s smoke of each) and
+# prints one line per target. A crash stops the script with the target's output and the input
+# that crashed it (under fuzz/artifacts/). Errors are fine, panics are bugs.
+#
+#   fuzz/run.sh [SECONDS]
+#
+# cargo-fuzz wants a nightly compiler; RUSTC_BOOTSTRAP=1 lets the pinned stable toolchain act
+# as one. Corpora grow under fuzz/corpus/ (not committed).
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds="${1:-600}"
+command -v cargo-fuzz >/dev/null || { echo "missing cargo-fuzz: cargo install cargo-fuzz --locked" >&2; exit 1; }
+export RUSTC_BOOTSTRAP=1
+targets=$(cargo fuzz list)
+cargo fuzz build
+for target in $targets; do
+  mkdir -p "corpus/$target"
+  log=$(mktemp)
+  if ! cargo fuzz run "$target" "corpus/$target" -- \
+      -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "fuzz: $target FAILED (see above; the input is under fuzz/artifacts/$target/)" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+  printf 'fuzz: %-20s %10s runs in %ss, no crash\n' "$target" "$runs" "$seconds"
+  rm -f "$log"
+done
