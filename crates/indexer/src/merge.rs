@@ -136,6 +136,9 @@ impl Merger {
             return Ok(());
         };
         let parent = self.resolve(parent).map_err(err)?;
+        if name.is_empty() {
+            return self.whiteout_self(e, &parent, upper);
+        }
         if is_runtime_path(&parent.names) {
             return Ok(());
         }
@@ -151,6 +154,41 @@ impl Merger {
             children.remove(name);
         }
         Ok(())
+    }
+
+    /// A bare `.wh.` whites out the directory holding it, as an unpack does: what this layer
+    /// did not create in it goes; the directory itself, when this layer did not create it,
+    /// would go too, which makes the unpack fail (it then restores the directory's metadata).
+    fn whiteout_self(
+        &mut self,
+        e: &LayerEntry,
+        dir: &Resolved,
+        upper: &Upper,
+    ) -> Result<(), MergeError> {
+        let Some(ino) = dir.inode() else {
+            return Ok(());
+        };
+        let edge = match dir.names.split_last() {
+            Some((name, above)) => {
+                let parent = if above.is_empty() {
+                    Some(0)
+                } else {
+                    dir.inodes[above.len() - 1]
+                };
+                parent.map(|p| (p, name.clone()))
+            }
+            None => None,
+        };
+        if edge.is_some_and(|edge| upper.contains(&edge)) {
+            self.remove_untouched_children(ino, upper);
+            return Ok(());
+        }
+        Err(MergeError {
+            path: display_components(&e.path[..e.path.len() - 1]),
+            detail: "a whiteout without a name (.wh.) removes this directory, which an unpack \
+                     cannot do (umoci fails on it)"
+                .into(),
+        })
     }
 
     /// Removes, below `dir`, everything this layer did not create (descending into what it

@@ -395,10 +395,8 @@ fn whiteout_kind(name: &[u8]) -> Result<Option<Option<EntryKind>>, String> {
         Some(Some(EntryKind::Opaque))
     } else if name.starts_with(b".wh..wh.") {
         Some(None)
-    } else if name == b".wh." {
-        // It would name the directory holding it; an unpack fails on it.
-        return Err("a whiteout (.wh.) without a name".into());
     } else if name.starts_with(b".wh.") {
+        // A bare `.wh.` names the directory holding it: its target ends in an empty name.
         Some(Some(EntryKind::Whiteout))
     } else {
         None
@@ -455,7 +453,7 @@ mod tests {
         );
         assert_eq!(whiteout_kind(b".wh..wh.plnk"), Ok(Some(None)));
         assert_eq!(whiteout_kind(b"foo"), Ok(None));
-        assert!(whiteout_kind(b".wh.").is_err());
+        assert_eq!(whiteout_kind(b".wh."), Ok(Some(Some(EntryKind::Whiteout))));
         let p = whiteout_target(normalize(b"a/.wh.b"), &EntryKind::Whiteout);
         assert_eq!(display_components(&p), "\"/a/b\"");
         let p = whiteout_target(normalize(b"a/.wh..wh..opq"), &EntryKind::Opaque);
