@@ -3,7 +3,7 @@
 //! The indexer consumes what [`clip_registry`] resolves (manifest, config, layer blob streams)
 //! and produces a `.clip` archive through [`clip_archive::write_archive`]. Each layer is read
 //! exactly once, as a stream, by [`layer::index_layer`]: the blob is decompressed, its tar is
-//! walked ([`tarwalk`]) and, in the same pass, seek checkpoints are taken and every span's
+//! read ([`tar`], Go's `archive/tar` rules) and interpreted ([`tarwalk`]) and, in the same pass, seek checkpoints are taken and every span's
 //! compressed bytes are hashed. Layers are indexed in parallel (`jobs` threads) and merged in
 //! layer order by [`merge::Merger`], which applies the OCI whiteout rules and drops the runtime
 //! directories.

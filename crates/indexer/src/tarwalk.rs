@@ -121,6 +121,9 @@ const XATTR_NAME_MAX: usize = 255;
 /// The largest xattr value Linux accepts (`XATTR_SIZE_MAX`).
 const XATTR_SIZE_MAX: usize = 65536;
 
+/// Extended attributes, `(name, value)`, by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What the xattr policy set aside in one layer, for one warning.
 #[derive(Default)]
 struct Dropped {
@@ -308,7 +311,7 @@ fn xattr_policy(
     kind: &EntryKind,
     path: &[Vec<u8>],
     dropped: &mut Dropped,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+) -> Result<Xattrs, String> {
     let mut out = Vec::with_capacity(xattrs.len());
     for (name, value) in xattrs {
         let shown = || excerpt(name);
