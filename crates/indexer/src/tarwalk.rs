@@ -462,4 +462,107 @@ mod tests {
         let p = whiteout_target(normalize(b"a/.wh..wh..opq"), &EntryKind::Opaque);
         assert_eq!(display_components(&p), "\"/a\"");
     }
+
+    fn header(name: &str, typeflag: u8) -> Header {
+        Header {
+            offset: 1024,
+            format: crate::tar::Format::Ustar,
+            typeflag,
+            name: name.as_bytes().to_vec(),
+            linkname: b"target".to_vec(),
+            size: 0,
+            mode: 0o100755,
+            uid: -1,
+            gid: 0xffff_ffff,
+            mtime_sec: 1,
+            mtime_nsec: 0,
+            devmajor: 0x1_0003,
+            devminor: 0x12_3456,
+            xattrs: Vec::new(),
+            sparse: false,
+        }
+    }
+
+    fn entry(h: &Header) -> Result<Option<LayerEntry>, String> {
+        entry_of(h, &mut Dropped::default())
+    }
+
+    #[test]
+    fn entries_as_an_unpack_makes_them() {
+        let e = entry(&header("bin/tool", b'0')).unwrap().unwrap();
+        assert_eq!((e.mode, e.uid, e.gid), (0o755, 0, 0));
+        let e = entry(&header("l", b'2')).unwrap().unwrap();
+        assert_eq!(e.mode, 0o777, "symlinks have no mode of their own");
+        let e = entry(&header("c", b'3')).unwrap().unwrap();
+        assert_eq!(
+            e.kind,
+            EntryKind::CharDevice {
+                major: 3,
+                minor: 0x2_3456
+            }
+        );
+        assert_eq!(entry(&header("dev/null", b'3')).unwrap(), None);
+        let mut big = header("f", b'0');
+        big.uid = 1 << 32;
+        assert!(entry(&big).unwrap_err().contains("does not fit in 32 bits"));
+        for bad in [b'7', b'V', b'D', b'x'] {
+            assert!(entry(&header("f", bad))
+                .unwrap_err()
+                .contains("unsupported tar entry type"));
+        }
+        let mut long = header("f", b'0');
+        long.name = vec![b'a'; PATH_MAX + 1];
+        assert!(entry(&long).unwrap_err().contains("PATH_MAX"));
+        let mut sparse = header("f", b'0');
+        sparse.sparse = true;
+        assert!(entry(&sparse).unwrap_err().contains("sparse"));
+        assert!(entry(&header("./", b'0')).unwrap_err().contains("root"));
+    }
+
+    #[test]
+    fn xattr_policy_of_umoci_and_linux() {
+        let x = |n: &str, v: &[u8]| (n.as_bytes().to_vec(), v.to_vec());
+        let mut cap = vec![0, 0, 0, 2];
+        cap.resize(20, 0);
+        let mut h = header("f", b'0');
+        h.xattrs = vec![
+            x("foreign.ns", b"1"),
+            x("security.capability", &cap),
+            x("security.selinux", b"l"),
+            x("system.posix_acl_access", b"a"),
+            x("system.other", b"1"),
+            x("trusted.overlay.opaque", b"y"),
+            x("trusted.overlay.other", b"1"),
+            x("user.a", b"1"),
+        ];
+        let mut dropped = Dropped::default();
+        let e = entry_of(&h, &mut dropped).unwrap().unwrap();
+        let names: Vec<&[u8]> = e.xattrs.iter().map(|(n, _)| n.as_slice()).collect();
+        assert_eq!(
+            names,
+            [
+                &b"security.capability"[..],
+                b"system.posix_acl_access",
+                b"trusted.overlay.other",
+                b"user.a"
+            ]
+        );
+        assert_eq!(dropped.count, 2);
+        let refused = |name: &str, value: &[u8], typeflag: u8| {
+            let mut h = header("f", typeflag);
+            h.xattrs = vec![x(name, value)];
+            entry(&h).unwrap_err()
+        };
+        assert!(refused("user.a", b"1", b'2').contains("user namespace"));
+        assert!(refused("user.a", b"1", b'6').contains("user namespace"));
+        assert!(refused(&format!("user.{}", "n".repeat(251)), b"1", b'0').contains("1 to 255"));
+        assert!(refused("", b"1", b'0').contains("1 to 255"));
+        assert!(refused("user.", b"1", b'0').contains("empty name"));
+        assert!(refused("user.v", &[0; 65537], b'0').contains("65537-byte"));
+        assert!(refused("security.capability", &cap[..12], b'0').contains("version 2"));
+        // Hardlinks and whiteouts carry no metadata of their own: nothing to refuse.
+        let mut link = header("h", b'1');
+        link.xattrs = vec![x("user.a", b"1")];
+        assert!(entry(&link).is_ok());
+    }
 }
