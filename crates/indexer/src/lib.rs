@@ -3,7 +3,7 @@
 //! The indexer consumes what [`clip_registry`] resolves (manifest, config, layer blob streams)
 //! and produces a `.clip` archive through [`clip_archive::write_archive`]. Each layer is read
 //! exactly once, as a stream, by [`layer::index_layer`]: the blob is decompressed, its tar is
-//! walked ([`tarwalk`]) and, in the same pass, seek checkpoints are taken and every span's
+//! read ([`tar`], Go's `archive/tar` rules) and interpreted ([`tarwalk`]) and, in the same pass, seek checkpoints are taken and every span's
 //! compressed bytes are hashed. Layers are indexed in parallel (`jobs` threads) and merged in
 //! layer order by [`merge::Merger`], which applies the OCI whiteout rules and drops the runtime
 //! directories.
@@ -16,6 +16,7 @@
 
 pub mod layer;
 pub mod merge;
+pub mod tar;
 pub mod tarwalk;
 
 use std::io::{self, Read};
@@ -30,36 +31,30 @@ use clip_registry::{Client, Platform as RegistryPlatform, Reference, RegistryErr
 /// ("Choosing the span") for the measurement behind it.
 pub const DEFAULT_SPAN: u64 = 1 << 20;
 
-/// Why one layer could not be indexed.
+/// Why one layer could not be indexed. Every message names the tar offset and, when known, the
+/// entry (an excerpt: quoted, escaped, cut after 100 bytes), once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LayerError {
-    #[error("tar entry {path:?} at offset {offset}: {source}")]
-    Tar {
-        path: String,
-        offset: u64,
-        source: io::Error,
-    },
-    #[error("tar entry {path:?} at offset {offset}: {detail}")]
+    /// The tar stream breaks a rule of the format (Go's `archive/tar`, and so docker,
+    /// containerd and umoci, refuse it too).
+    #[error(transparent)]
+    Tar(#[from] tar::TarError),
+    /// A well-formed entry that cannot be indexed, because an unpack could not create it either
+    /// or clip does not support it (sparse files).
+    #[error("{}: {detail}", tar::entry_context(*.offset, Some(.path)))]
     Entry {
+        /// The entry's name as an excerpt (quoted and escaped).
         path: String,
+        /// Offset of the entry's header in the layer's uncompressed stream.
         offset: u64,
         detail: String,
     },
     #[error(transparent)]
     Decompress(clip_zran::ZranError),
+    /// Reading the blob failed (network, registry, decompression).
     #[error("{0}")]
     Read(io::Error),
-}
-
-impl LayerError {
-    fn tar(path: &str, offset: u64, source: io::Error) -> Self {
-        LayerError::Tar {
-            path: path.to_string(),
-            offset,
-            source,
-        }
-    }
 }
 
 /// Why an image could not be indexed.
@@ -68,14 +63,16 @@ impl LayerError {
 pub enum IndexError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("layer {index} ({digest}) of {image}: {source}")]
+    /// The message is completed by `source` (print the chain, e.g. `{:#}` with anyhow).
+    #[error("layer {index} ({digest})")]
     Layer {
         image: String,
         index: usize,
         digest: String,
         source: LayerError,
     },
-    #[error("layer {index} ({digest}) of {image} cannot be applied: {source}")]
+    /// The message is completed by `source`.
+    #[error("layer {index} ({digest}) cannot be applied")]
     Merge {
         image: String,
         index: usize,
@@ -83,9 +80,9 @@ pub enum IndexError {
         source: merge::MergeError,
     },
     #[error(
-        "layer {index} ({digest}) of {image} unpacks to {found}, but the image config names \
-         diff_id {expected}: the config does not describe this layer; the image is broken or \
-         was tampered with"
+        "layer {index} ({digest}) unpacks to {found}, but the image config names diff_id \
+         {expected}: the config does not describe this layer; the image is broken or was \
+         tampered with"
     )]
     DiffIdMismatch {
         image: String,
@@ -94,7 +91,8 @@ pub enum IndexError {
         expected: String,
         found: String,
     },
-    #[error("{image}: {detail}")]
+    /// `image` is not repeated in the message: callers say what they were indexing.
+    #[error("{detail}")]
     Image { image: String, detail: String },
     #[error(transparent)]
     Archive(#[from] clip_archive::ArchiveError),
@@ -294,7 +292,7 @@ fn layer_error(image: &str, index: usize, digest: &str, source: LayerError) -> I
     // A registry failure surfacing through the stream (digest mismatch, retries exhausted)
     // is reported as what it is.
     let registry = match &source {
-        LayerError::Read(e) | LayerError::Tar { source: e, .. } => find_registry_error(e),
+        LayerError::Read(e) => find_registry_error(e),
         LayerError::Decompress(clip_zran::ZranError::Io(e)) => find_registry_error(e),
         _ => None,
     };

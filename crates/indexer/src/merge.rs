@@ -1,22 +1,34 @@
-//! Applies layers bottom to top by the OCI image-spec rules and produces the merged tree.
+//! Applies layers bottom to top by the OCI image-spec rules and produces the merged tree,
+//! exactly as `umoci unpack` (our reference) extracts them.
 //!
-//! For each layer, its whiteouts act first and only on what lower layers left (`.wh.NAME`
-//! removes NAME and its subtree; an opaque marker empties its directory of lower content),
-//! then its entries are applied in tar order: a later entry replaces an earlier one, a
-//! directory over a directory only updates attributes, a hardlink shares its target's inode
-//! (also a target of a lower layer). Parent directories are resolved like a real extraction
-//! does: a symlink in the middle of a path is followed, but never out of the root.
+//! A layer's entries are applied in tar order. Every path is resolved like an extraction does
+//! with securejoin: the name is cleaned lexically, then its parent directory is resolved
+//! component by component against the already-resolved prefix, following symlinks inside the
+//! image root (`..` at the root stays there, an absolute target restarts at the root, a
+//! relative one is relative to the directory holding the link, a missing component is taken as
+//! a plain directory name, more than [`MAX_SYMLINKS`] links is an error). Missing directories
+//! along the resolved parent are created (mode 0755, root, mtime 0), so an entry below a
+//! dangling symlink lands where the link points. The last component is never followed: a new
+//! entry replaces whatever is there, except that a directory over a directory only takes the
+//! new attributes. A hardlink shares its target's inode (also one of a lower layer); its target
+//! is resolved the same way, without following its last component.
+//!
+//! Whiteouts act where they appear in the tar: `.wh.NAME` removes NAME (its resolved parent's
+//! entry, not followed) and an opaque marker empties its (resolved) directory, except for what
+//! this layer itself has put there so far (umoci's "upper paths": every path this layer
+//! created and its ancestors).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use clip_archive::{DataLocation, FileType, Inode, Tree};
 
 #[cfg(test)]
 use crate::tarwalk::PathComponents;
-use crate::tarwalk::{display_components, EntryKind, LayerEntry};
+use crate::tarwalk::{display_components, is_runtime_path, EntryKind, LayerEntry};
 
-/// How many symlinks one path resolution may follow (Linux's `MAXSYMLINKS`).
-const MAX_SYMLINKS: usize = 40;
+/// How many symlinks one path resolution may follow: securejoin's limit (umoci's resolver),
+/// which is more lenient than the kernel's 40.
+pub const MAX_SYMLINKS: usize = 255;
 
 /// Why a layer cannot be applied.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +68,27 @@ fn directory(mode: u32, uid: u32, gid: u32, mtime_sec: i64, mtime_nsec: u32) -> 
     }
 }
 
+/// What one layer has created so far, as directory entries `(directory inode, name)`: each
+/// created entry and every directory above it.
+type Upper = HashSet<(usize, Vec<u8>)>;
+
+/// A path resolved inside the root: no symlinks left; components may not exist.
+struct Resolved {
+    names: Vec<Vec<u8>>,
+    /// The inode of each component, `None` from the first missing one on.
+    inodes: Vec<Option<usize>>,
+}
+
+impl Resolved {
+    /// The inode the whole path names, if it exists.
+    fn inode(&self) -> Option<usize> {
+        match self.inodes.last() {
+            Some(ino) => *ino,
+            None => Some(0),
+        }
+    }
+}
+
 impl Merger {
     pub fn new() -> Self {
         let mut dirs = BTreeMap::new();
@@ -68,41 +101,120 @@ impl Merger {
 
     /// Applies one layer's entries (in tar order).
     pub fn apply_layer(&mut self, layer: u32, entries: Vec<LayerEntry>) -> Result<(), MergeError> {
-        // Whiteouts first: they only concern lower layers, whatever their position in the tar.
-        for e in entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque))
-        {
-            match e.kind {
-                EntryKind::Opaque => {
-                    if let Some(dir) = self.find(&e.path, true)? {
-                        if let Some(children) = self.dirs.get_mut(&dir) {
-                            children.clear();
-                        }
-                    }
-                }
-                _ => {
-                    let Some((name, parent)) = e.path.split_last() else {
-                        continue;
-                    };
-                    if let Some(dir) = self.find(parent, true)? {
-                        if let Some(children) = self.dirs.get_mut(&dir) {
-                            children.remove(name);
-                        }
-                    }
-                }
-            }
-        }
+        let mut upper = Upper::new();
         for e in entries {
-            if matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque) {
-                continue;
+            match e.kind {
+                EntryKind::Whiteout | EntryKind::Opaque => self.whiteout(&e, &upper)?,
+                _ => self.apply_entry(layer, e, &mut upper)?,
             }
-            self.apply_entry(layer, e)?;
         }
         Ok(())
     }
 
-    fn apply_entry(&mut self, layer: u32, e: LayerEntry) -> Result<(), MergeError> {
+    fn child(&self, dir: usize, name: &[u8]) -> Option<usize> {
+        self.dirs.get(&dir).and_then(|c| c.get(name)).copied()
+    }
+
+    /// `.wh.NAME` removes NAME; an opaque marker empties its directory; both spare what this
+    /// layer created.
+    fn whiteout(&mut self, e: &LayerEntry, upper: &Upper) -> Result<(), MergeError> {
+        let err = |m: MergeError| MergeError {
+            path: display_components(&e.path),
+            detail: m.detail,
+        };
+        if e.kind == EntryKind::Opaque {
+            let dir = self.resolve(&e.path).map_err(err)?;
+            if is_runtime_path(&dir.names) {
+                return Ok(());
+            }
+            if let Some(dir) = dir.inode() {
+                self.remove_untouched_children(dir, upper);
+            }
+            return Ok(());
+        }
+        let Some((name, parent)) = e.path.split_last() else {
+            return Ok(());
+        };
+        let parent = self.resolve(parent).map_err(err)?;
+        if name.is_empty() {
+            return self.whiteout_self(e, &parent, upper);
+        }
+        if is_runtime_path(&parent.names) {
+            return Ok(());
+        }
+        let Some(dir) = parent.inode() else {
+            return Ok(());
+        };
+        let Some(child) = self.child(dir, name) else {
+            return Ok(());
+        };
+        if upper.contains(&(dir, name.clone())) {
+            self.remove_untouched_children(child, upper);
+        } else if let Some(children) = self.dirs.get_mut(&dir) {
+            children.remove(name);
+        }
+        Ok(())
+    }
+
+    /// A bare `.wh.` whites out the directory holding it, as an unpack does: what this layer
+    /// did not create in it goes; the directory itself, when this layer did not create it,
+    /// would go too, which makes the unpack fail (it then restores the directory's metadata).
+    fn whiteout_self(
+        &mut self,
+        e: &LayerEntry,
+        dir: &Resolved,
+        upper: &Upper,
+    ) -> Result<(), MergeError> {
+        let Some(ino) = dir.inode() else {
+            return Ok(());
+        };
+        let edge = match dir.names.split_last() {
+            Some((name, above)) => {
+                let parent = if above.is_empty() {
+                    Some(0)
+                } else {
+                    dir.inodes[above.len() - 1]
+                };
+                parent.map(|p| (p, name.clone()))
+            }
+            None => None,
+        };
+        if edge.is_some_and(|edge| upper.contains(&edge)) {
+            self.remove_untouched_children(ino, upper);
+            return Ok(());
+        }
+        Err(MergeError {
+            path: display_components(&e.path[..e.path.len() - 1]),
+            detail: "a whiteout without a name (.wh.) removes this directory, which an unpack \
+                     cannot do (umoci fails on it)"
+                .into(),
+        })
+    }
+
+    /// Removes, below `dir`, everything this layer did not create (descending into what it
+    /// did).
+    fn remove_untouched_children(&mut self, dir: usize, upper: &Upper) {
+        let mut stack = vec![dir];
+        while let Some(dir) = stack.pop() {
+            let Some(children) = self.dirs.get_mut(&dir) else {
+                continue;
+            };
+            children.retain(|name, child| {
+                let keep = upper.contains(&(dir, name.clone()));
+                if keep {
+                    stack.push(*child);
+                }
+                keep
+            });
+        }
+    }
+
+    fn apply_entry(
+        &mut self,
+        layer: u32,
+        e: LayerEntry,
+        upper: &mut Upper,
+    ) -> Result<(), MergeError> {
         let err = |detail: String| MergeError {
             path: display_components(&e.path),
             detail,
@@ -120,30 +232,54 @@ impl Merger {
             }
             return Ok(());
         };
-        let parent = self.make_dirs(parent_path).map_err(|m| err(m.detail))?;
-        let existing = self.dirs.get(&parent).and_then(|c| c.get(name)).copied();
+        let resolved = self.resolve(parent_path).map_err(|m| err(m.detail))?;
+        if is_runtime_path(&resolved.names) {
+            // Through a symlink into /proc, /sys or /dev: left out with them.
+            return Ok(());
+        }
+        let chain = self.make_dirs(&resolved).map_err(|m| err(m.detail))?;
+        let parent = chain.last().copied().unwrap_or(0);
+        let existing = self.child(parent, name);
+
+        // A directory over a directory keeps its contents and takes the new attributes;
+        // anything else replaces what was there.
+        if let (EntryKind::Directory, Some(ino)) = (&e.kind, existing) {
+            if self.dirs.contains_key(&ino) {
+                let d = &mut self.inodes[ino];
+                d.mode = e.mode;
+                d.uid = e.uid;
+                d.gid = e.gid;
+                d.mtime_sec = e.mtime_sec;
+                d.mtime_nsec = e.mtime_nsec;
+                d.xattrs = e.xattrs;
+                mark_upper(upper, &resolved.names, &chain, name);
+                return Ok(());
+            }
+        }
+        if existing.is_some() {
+            if let Some(children) = self.dirs.get_mut(&parent) {
+                children.remove(name);
+            }
+        }
 
         let new_inode = match e.kind {
             EntryKind::Directory => {
-                if let Some(ino) = existing.filter(|i| self.dirs.contains_key(i)) {
-                    // A directory over a directory keeps its contents and takes the new
-                    // attributes.
-                    let d = &mut self.inodes[ino];
-                    d.mode = e.mode;
-                    d.uid = e.uid;
-                    d.gid = e.gid;
-                    d.mtime_sec = e.mtime_sec;
-                    d.mtime_nsec = e.mtime_nsec;
-                    d.xattrs = e.xattrs;
-                    return Ok(());
-                }
                 let ino = self.push(directory(e.mode, e.uid, e.gid, e.mtime_sec, e.mtime_nsec));
                 self.inodes[ino].xattrs = e.xattrs;
                 self.dirs.insert(ino, BTreeMap::new());
                 ino
             }
             EntryKind::Hardlink { ref target } => {
-                let Some(ino) = self.find(target, false)? else {
+                // Resolved after the replaced entry is gone, as link(2) after the unlink.
+                let found = match target.split_last() {
+                    Some((target_name, target_parent)) => self
+                        .resolve(target_parent)
+                        .map_err(|m| err(m.detail))?
+                        .inode()
+                        .and_then(|dir| self.child(dir, target_name)),
+                    None => Some(0),
+                };
+                let Some(ino) = found else {
                     return Err(err(format!(
                         "hardlink to {}, which does not exist",
                         display_components(target)
@@ -154,9 +290,6 @@ impl Merger {
                         "hardlink to the directory {}",
                         display_components(target)
                     )));
-                }
-                if existing == Some(ino) {
-                    return Ok(());
                 }
                 ino
             }
@@ -183,7 +316,9 @@ impl Merger {
                     EntryKind::Directory
                     | EntryKind::Hardlink { .. }
                     | EntryKind::Whiteout
-                    | EntryKind::Opaque => unreachable!("handled above"),
+                    | EntryKind::Opaque => {
+                        return Err(err("internal: entry kind handled elsewhere".into()))
+                    }
                 };
                 self.push(Inode {
                     file_type,
@@ -204,6 +339,7 @@ impl Merger {
         if let Some(children) = self.dirs.get_mut(&parent) {
             children.insert(name.clone(), new_inode);
         }
+        mark_upper(upper, &resolved.names, &chain, name);
         Ok(())
     }
 
@@ -212,91 +348,69 @@ impl Merger {
         self.inodes.len() - 1
     }
 
-    /// Resolves `path`, following symlinks in intermediate components (within the root), and
-    /// in the last one when `follow_last`. `Ok(None)` when something does not exist.
-    fn find(&self, path: &[Vec<u8>], follow_last: bool) -> Result<Option<usize>, MergeError> {
-        let mut budget = MAX_SYMLINKS;
-        self.walk(0, path, follow_last, &mut budget)
-    }
-
-    fn walk(
-        &self,
-        start: usize,
-        path: &[Vec<u8>],
-        follow_last: bool,
-        budget: &mut usize,
-    ) -> Result<Option<usize>, MergeError> {
-        // The directory chain walked so far, so that `..` inside a link target can go up.
-        let mut stack = vec![start];
-        for (i, name) in path.iter().enumerate() {
-            let Some(&dir) = stack.last() else {
-                return Ok(None);
-            };
-            let Some(children) = self.dirs.get(&dir) else {
-                return Ok(None);
-            };
-            let Some(&child) = children.get(name) else {
-                return Ok(None);
-            };
-            let last = i + 1 == path.len();
-            let inode = &self.inodes[child];
-            if inode.file_type == FileType::Symlink && (!last || follow_last) {
-                if *budget == 0 {
-                    return Err(MergeError {
-                        path: display_components(path),
-                        detail: "too many levels of symbolic links".into(),
-                    });
+    /// Resolves `path` inside the root as securejoin does: every component, the last one
+    /// included, is looked up in the already-resolved prefix; a symlink is replaced by its
+    /// target (relative to the prefix, or to the root when absolute); `..` pops the prefix and
+    /// stops at the root; a missing component (or one below a non-directory) is kept as a name.
+    fn resolve(&self, path: &[Vec<u8>]) -> Result<Resolved, MergeError> {
+        let mut out = Resolved {
+            names: Vec::new(),
+            inodes: Vec::new(),
+        };
+        // Components still to resolve, the next one last.
+        let mut todo: Vec<&[u8]> = path.iter().rev().map(Vec::as_slice).collect();
+        let mut links = 0;
+        while let Some(name) = todo.pop() {
+            match name {
+                b"" | b"." => continue,
+                b".." => {
+                    out.names.pop();
+                    out.inodes.pop();
+                    continue;
                 }
-                *budget -= 1;
-                let target = &inode.symlink_target;
-                let resolved = if target.first() == Some(&b'/') {
-                    self.walk(0, &crate::tarwalk::normalize(target), true, budget)?
-                } else {
-                    let mut base = path[..i].to_vec();
-                    for part in target.split(|&b| b == b'/') {
-                        match part {
-                            b"" | b"." => {}
-                            b".." => {
-                                base.pop();
-                            }
-                            p => base.push(p.to_vec()),
-                        }
-                    }
-                    self.walk(0, &base, true, budget)?
-                };
-                let Some(resolved) = resolved else {
-                    return Ok(None);
-                };
-                stack.push(resolved);
-            } else {
-                stack.push(child);
+                _ => {}
             }
+            let child = out.inode().and_then(|dir| self.child(dir, name));
+            if let Some(ino) = child {
+                let inode = &self.inodes[ino];
+                if inode.file_type == FileType::Symlink {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(MergeError {
+                            path: display_components(path),
+                            detail: format!(
+                                "too many levels of symbolic links (more than {MAX_SYMLINKS}; \
+                                 a symlink loop?)"
+                            ),
+                        });
+                    }
+                    let target = inode.symlink_target.as_slice();
+                    if target.first() == Some(&b'/') {
+                        out.names.clear();
+                        out.inodes.clear();
+                    }
+                    todo.extend(target.split(|&b| b == b'/').rev());
+                    continue;
+                }
+            }
+            out.names.push(name.to_vec());
+            out.inodes.push(child);
         }
-        Ok(stack.last().copied())
+        Ok(out)
     }
 
-    /// Resolves a parent directory, creating missing directories on the way (as an
-    /// extraction would; with mode 0755, root-owned, mtime 0).
-    fn make_dirs(&mut self, path: &[Vec<u8>]) -> Result<usize, MergeError> {
+    /// Creates the missing directories of a resolved path (as `mkdir -p`; mode 0755, owned by
+    /// root, mtime 0) and returns the inode of each component. A component that exists and is
+    /// not a directory is an error.
+    fn make_dirs(&mut self, path: &Resolved) -> Result<Vec<usize>, MergeError> {
+        let mut chain = Vec::with_capacity(path.names.len());
         let mut dir = 0usize;
-        for (i, name) in path.iter().enumerate() {
-            let existing = self.dirs.get(&dir).and_then(|c| c.get(name)).copied();
-            dir = match existing {
+        for (i, name) in path.names.iter().enumerate() {
+            dir = match self.child(dir, name) {
                 Some(child) if self.dirs.contains_key(&child) => child,
-                Some(child) if self.inodes[child].file_type == FileType::Symlink => {
-                    match self.find(&path[..=i], true)? {
-                        Some(d) if self.dirs.contains_key(&d) => d,
-                        _ => {
-                            return Err(MergeError {
-                                path: display_components(&path[..=i]),
-                                detail: "is a symlink that does not lead to a directory".into(),
-                            })
-                        }
-                    }
-                }
                 Some(_) => {
                     return Err(MergeError {
-                        path: display_components(&path[..=i]),
+                        path: display_components(&path.names[..=i]),
                         detail: "is not a directory, yet the layer puts entries under it".into(),
                     })
                 }
@@ -309,8 +423,9 @@ impl Merger {
                     child
                 }
             };
+            chain.push(dir);
         }
-        Ok(dir)
+        Ok(chain)
     }
 
     /// The merged tree, for the archive writer.
@@ -327,6 +442,22 @@ impl Merger {
     }
 }
 
+/// Records that this layer created `name` in the directory at the end of `chain` (the inodes
+/// of `names`), and every directory above it.
+fn mark_upper(upper: &mut Upper, names: &[Vec<u8>], chain: &[usize], name: &[u8]) {
+    let parent = chain.last().copied().unwrap_or(0);
+    if !upper.insert((parent, name.to_vec())) {
+        return;
+    }
+    for i in (0..names.len()).rev() {
+        let dir = if i == 0 { 0 } else { chain[i - 1] };
+        if !upper.insert((dir, names[i].clone())) {
+            // Its ancestors were marked with it.
+            break;
+        }
+    }
+}
+
 /// For tests: the merged tree as `path → inode index`.
 #[cfg(test)]
 pub(crate) fn paths(m: &Merger) -> BTreeMap<String, usize> {
@@ -334,7 +465,11 @@ pub(crate) fn paths(m: &Merger) -> BTreeMap<String, usize> {
         if let Some(children) = m.dirs.get(&dir) {
             for (name, &child) in children {
                 prefix.push(name.clone());
-                out.insert(display_components(prefix), child);
+                let shown: Vec<String> = prefix
+                    .iter()
+                    .map(|c| format!("/{}", String::from_utf8_lossy(c)))
+                    .collect();
+                out.insert(shown.concat(), child);
                 rec(m, child, prefix, out);
                 prefix.pop();
             }

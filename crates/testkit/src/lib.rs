@@ -15,6 +15,7 @@
 //!   [`TreeSnapshot`] (path → type, mode, owner, size, mtime, link target, rdev, xattrs, inode,
 //!   link count, content hash), the reference a clip mount is compared with
 //!   ([`assert_same_tree`]).
+//! * [`RawTar`] / [`RawHeader`] — tar streams written header by header, for torture inputs.
 //! * [`FaultProxy`] — a TCP proxy in front of the registry that resets, stalls, truncates or
 //!   corrupts responses on demand ([`Fault`]).
 //! * [`text`] — deterministic generated content, and [`big_text_layer`] for large layers.
@@ -41,6 +42,7 @@ pub mod image;
 pub mod layer;
 pub mod oracle;
 pub mod proxy;
+pub mod rawtar;
 pub mod registry;
 pub mod text;
 
@@ -52,9 +54,11 @@ pub use image::{
 };
 pub use layer::{compress, sha256_digest, write_tar, Compression, Layer, LayerOptions, TarFlavor};
 pub use oracle::{
-    assert_same_tree, oracle_unpack, oracle_unpack_dir, EntrySnapshot, TreeSnapshot, Unpacked,
+    assert_same_tree, oracle_unpack, oracle_unpack_dir, try_oracle_unpack, EntrySnapshot,
+    TreeSnapshot, Unpacked,
 };
 pub use proxy::{Fault, FaultProxy};
+pub use rawtar::{RawHeader, RawTar};
 pub use registry::{AccessLogEntry, LogMark, Registry};
 pub use text::big_text_layer;
 

@@ -318,6 +318,20 @@ pub fn oracle_unpack_dir(
     reference: &str,
     platform: Option<&Platform>,
 ) -> Unpacked {
+    try_oracle_unpack_dir(registry, reference, platform).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`oracle_unpack`], but a failing `umoci unpack` (an image the reference refuses) is an
+/// `Err` with umoci's output instead of a panic. A failing `skopeo copy` still panics.
+pub fn try_oracle_unpack(registry: &Registry, reference: &str) -> Result<TreeSnapshot, String> {
+    try_oracle_unpack_dir(registry, reference, None).map(Unpacked::into_snapshot)
+}
+
+fn try_oracle_unpack_dir(
+    registry: &Registry,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<Unpacked, String> {
     let dir = tempfile::Builder::new()
         .prefix("clip-oracle-")
         .tempdir()
@@ -361,20 +375,26 @@ pub fn oracle_unpack_dir(
         .arg("--image")
         .arg(format!("{}:clip", dir.path().join("layout").display()));
     umoci.arg(dir.path().join("bundle"));
-    run(umoci, "umoci unpack");
+    try_run(umoci, "umoci unpack")?;
     let snapshot = TreeSnapshot::capture(&dir.path().join("bundle/rootfs"));
-    Unpacked { dir, snapshot }
+    Ok(Unpacked { dir, snapshot })
 }
 
-fn run(mut cmd: Command, what: &str) {
+fn run(cmd: Command, what: &str) {
+    try_run(cmd, what).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn try_run(mut cmd: Command, what: &str) -> Result<(), String> {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{what} failed ({}):\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
