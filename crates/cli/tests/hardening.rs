@@ -76,7 +76,13 @@ fn the_cache_is_private_to_its_user() {
     // Regression: another local user read the image's /etc/shadow from a cache entry.
     for path in &entries {
         let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "cat"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                "cat",
+            ])
             .arg(path)
             .output()
             .unwrap();
@@ -132,9 +138,18 @@ fn a_forged_seek_window_is_eio_never_wrong_bytes() {
     }
     assert!(forged > 0, "the layer has windows");
     let forged_archive = scratch.path("forged.clip");
-    std::fs::write(&forged_archive, write_archive(&meta, &layers, &tree).unwrap()).unwrap();
+    std::fs::write(
+        &forged_archive,
+        write_archive(&meta, &layers, &tree).unwrap(),
+    )
+    .unwrap();
 
-    let mount = Mount::start(&forged_archive, &scratch.path("mnt"), &scratch.path("cache"), &[]);
+    let mount = Mount::start(
+        &forged_archive,
+        &scratch.path("mnt"),
+        &scratch.path("cache"),
+        &[],
+    );
     let mut failed = 0;
     for i in 0..12 {
         let name = format!("d/f{i:02}");
@@ -149,7 +164,10 @@ fn a_forged_seek_window_is_eio_never_wrong_bytes() {
             }
         }
     }
-    assert!(failed > 0, "text spans resumed from forged windows must fail");
+    assert!(
+        failed > 0,
+        "text spans resumed from forged windows must fail"
+    );
     let stats = mount.stats();
     assert!(u64_of(&stats, "verify_failures") >= 1, "{stats}");
     let log = mount.unmount();
@@ -269,8 +287,15 @@ fn overlay_xattrs_of_the_image_do_not_steer_overlayfs() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["mine", "theirs"], "the image's opaque xattr was obeyed");
-    assert!(std::fs::read_dir(merged.join("r")).unwrap().next().is_none());
+    assert_eq!(
+        names,
+        ["mine", "theirs"],
+        "the image's opaque xattr was obeyed"
+    );
+    assert!(std::fs::read_dir(merged.join("r"))
+        .unwrap()
+        .next()
+        .is_none());
     drop(guard);
     mount.unmount();
 }
@@ -282,9 +307,11 @@ fn a_read_keeps_trying_for_its_whole_budget() {
     let scratch = Scratch::new();
     let mut fixture = String::from("/d dir 0755 0 0\n");
     fixture.push_str("/d/f file 0644 0 0 size=300000 seed=7\n");
-    Image::new()
-        .layer(Layer::from_fixture(&fixture))
-        .push(&registry, "budget:1", ManifestFlavor::Oci);
+    Image::new().layer(Layer::from_fixture(&fixture)).push(
+        &registry,
+        "budget:1",
+        ManifestFlavor::Oci,
+    );
     let expected = oracle_unpack_dir(&registry, "budget:1", None);
     let want = std::fs::read(expected.rootfs().join("d/f")).unwrap();
     let proxy = FaultProxy::start(registry.addr());
@@ -320,7 +347,10 @@ fn a_read_keeps_trying_for_its_whole_budget() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         proxy.set(Fault::None);
-        let got = reader.join().unwrap().expect("the read succeeds once the registry is back");
+        let got = reader
+            .join()
+            .unwrap()
+            .expect("the read succeeds once the registry is back");
         assert!(got == want, "wrong bytes");
     });
     mount.unmount();

@@ -204,23 +204,27 @@ fn check_reads(compression: Compression, tweak: impl FnOnce(&mut FetchOptions)) 
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn gzip_reads_equal_the_tar() {
     let setup = check_reads(Compression::Gzip, |_| {});
     assert!(setup.span_count(0) > 20, "{} spans", setup.span_count(0));
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn multi_member_gzip_reads_equal_the_tar() {
     check_reads(Compression::GzipMultiMember(4), |_| {});
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn zstd_single_frame_reads_equal_the_tar() {
     let setup = check_reads(Compression::Zstd, |_| {});
     assert_eq!(setup.span_count(0), 1, "a single-frame layer is one span");
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn zstd_single_frame_streams_through_the_cache() {
     // With a request cap below the layer's size the single span is streamed with one
     // whole-blob request through the hasher and the decoder into the cache file.
@@ -233,6 +237,7 @@ fn zstd_single_frame_streams_through_the_cache() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn zstd_multi_frame_reads_equal_the_tar() {
     // Frames of 20 kB, spans of at least 64 KiB: several frames per span.
     let setup = check_reads(Compression::ZstdMultiFrame(20_000), |_| {});
@@ -242,12 +247,14 @@ fn zstd_multi_frame_reads_equal_the_tar() {
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn uncompressed_reads_equal_the_tar() {
     let setup = check_reads(Compression::None, |_| {});
     assert!(setup.span_count(0) > 20, "{} spans", setup.span_count(0));
 }
 
 #[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
 fn uncompressed_spans_larger_than_a_request_stream_in_pieces() {
     check_reads(Compression::None, |o| o.max_request_bytes = 20_000);
 }

@@ -14,7 +14,7 @@
 //!   the image: a layer shared by two images is cached once.
 //! - `<offset>` is where the span starts in the layer's uncompressed tar stream (16 lowercase hex
 //!   digits) and `<len>` its uncompressed length (lowercase hex, no padding).
-//! - A file is a 64-byte header ([`entry`]) followed by the `len` content bytes, so that the
+//! - A file is a 64-byte header (module `entry`) followed by the `len` content bytes, so that the
 //!   content byte at uncompressed offset `o` sits at file offset `64 + o - offset`. The header
 //!   records the sha256 of the content, which is the span's content digest in the index.
 //!
@@ -41,12 +41,12 @@
 //!   thread verifies an entry at a time; concurrent readers wait for it (within their read
 //!   deadline). Something other than a regular file at an entry path is removed when it is ours
 //!   (a directory too: emptied away), else left alone, and the span is served from memory.
-//! - **Bounded.** See [`evict`]: past `max_bytes` a background thread deletes the least
+//! - **Bounded.** See module `evict`: past `max_bytes` a background thread deletes the least
 //!   recently used entries (oldest mtime; a hit bumps it at most once a minute) down to 90 %.
 //! - **Cheap hits.** Up to 256 verified entries stay open; a read is one `pread` of just the
 //!   bytes asked for and one `fstat`.
-//! - **Compatibility.** Changing any of this is a cache format break: bump [`entry::VERSION`]
-//!   and [`LAYOUT_DIR`]. The directory of the previous layout (`v1`) is deleted by the startup
+//! - **Compatibility.** Changing any of this is a cache format break: bump `entry::VERSION`
+//!   and `LAYOUT_DIR`. The directory of the previous layout (`v1`) is deleted by the startup
 //!   scan; spans are cheap to fetch again.
 
 mod dir;
