@@ -684,6 +684,9 @@ fn sigterm_and_sigint_unmount_cleanly() {
             log.contains("registry requests"),
             "counters printed:\n{log}"
         );
+        // Regression: every unmount logged "Failed to umount filesystem: Invalid argument".
+        assert!(!log.contains("Failed to umount"), "{log}");
+        assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
     }
 }
 

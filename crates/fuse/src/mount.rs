@@ -1,7 +1,8 @@
 //! Mounting, unmounting, and reading `/proc/self/mountinfo`.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,8 +10,9 @@ use std::thread::{self, JoinHandle};
 
 use clip_fs::FsCore;
 use fuser::{Config, MountOption, Session, SessionACL};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
-use rustix::mount::UnmountFlags;
+use rustix::mount::{MountFlags, UnmountFlags};
 use tracing::{debug, info, warn};
 
 use crate::adapter::ClipFs;
@@ -89,7 +91,21 @@ pub fn mount(
         path: path.clone(),
         source,
     })?;
-    let session = Session::new(fs, &path, &config(options)).map_err(|e| mount_error(&path, e))?;
+    let config = config(options);
+    let session = if rustix::process::geteuid().is_root() {
+        // As root clip mounts with mount(2) itself and hands fuser the connection: the session
+        // then never unmounts anything on its own (fuser 0.18 would, at the end of a session,
+        // unmount whatever is at the path by then, logging "Invalid argument" when it is
+        // nothing). Unmounting is ours alone.
+        let fd = mount_syscall(&path, options).map_err(|e| mount_error(&path, e))?;
+        Session::from_fd(fs, fd, config.acl, config).map_err(|e| {
+            let _ = rustix::mount::unmount(&path, UnmountFlags::DETACH);
+            mount_error(&path, e)
+        })?
+    } else {
+        // Unprivileged: fuser goes through the setuid fusermount3.
+        Session::new(fs, &path, &config).map_err(|e| mount_error(&path, e))?
+    };
     set_read_ahead(&path);
     let thread = thread::Builder::new()
         .name("clip-fuse".into())
@@ -227,6 +243,42 @@ fn config(options: &MountOptions) -> Config {
     config
 }
 
+/// Opens `/dev/fuse` and mounts the connection at `path` (root only); returns the connection.
+/// The same options as [`config`] gives fuser: `ro,nodev,nosuid,default_permissions`, source
+/// `clip`, type `fuse.clip`, and `allow_other` when asked for.
+fn mount_syscall(path: &Path, options: &MountOptions) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let root_mode = std::fs::metadata(path)?.mode() & libc_s_ifmt();
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    if options.allow_other {
+        data.push_str(",allow_other");
+    }
+    let data = CString::new(data).map_err(io::Error::other)?;
+    rustix::mount::mount(
+        FS_NAME,
+        path,
+        format!("fuse.{FS_NAME}"),
+        MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID,
+        data.as_c_str(),
+    )?;
+    Ok(OwnedFd::from(dev))
+}
+
+/// The file type bits of a mode (`S_IFMT`).
+const fn libc_s_ifmt() -> u32 {
+    0o170_000
+}
+
 fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, MountError> {
     let given = mountpoint.to_path_buf();
     match std::fs::metadata(mountpoint) {
@@ -317,12 +369,9 @@ enum Unmounted {
 }
 
 fn unmount_path(mountpoint: &Path) -> Result<Unmounted, MountError> {
-    let path = resolve_no_follow(mountpoint).map_err(|source| MountError::Io {
-        action: "resolve",
-        path: mountpoint.to_path_buf(),
-        source,
-    })?;
-    let Some(entry) = find_mount(&path) else {
+    let target = MountTarget::open(mountpoint)?;
+    let path = target.path.clone();
+    let Some(entry) = target.mount() else {
         return Err(MountError::NotMounted { path });
     };
     if !entry.is_clip() {
@@ -332,13 +381,19 @@ fn unmount_path(mountpoint: &Path) -> Result<Unmounted, MountError> {
             source_name: entry.source,
         });
     }
-    match rustix::mount::unmount(&path, UnmountFlags::empty()) {
+    // The descriptor would keep the mount busy: let go of it, and unmount the path it resolved
+    // to, never following a symlink there.
+    drop(target);
+    let nofollow = UnmountFlags::NOFOLLOW;
+    match rustix::mount::unmount(&path, nofollow) {
         Ok(()) => Ok(Unmounted::Clean),
         Err(Errno::BUSY) => {
-            rustix::mount::unmount(&path, UnmountFlags::DETACH).map_err(|e| MountError::Io {
-                action: "detach the busy mount",
-                path: path.clone(),
-                source: e.into(),
+            rustix::mount::unmount(&path, nofollow | UnmountFlags::DETACH).map_err(|e| {
+                MountError::Io {
+                    action: "detach the busy mount",
+                    path: path.clone(),
+                    source: e.into(),
+                }
             })?;
             warn!(
                 mountpoint = %path.display(),
@@ -354,6 +409,61 @@ fn unmount_path(mountpoint: &Path) -> Result<Unmounted, MountError> {
             path,
             source: e.into(),
         }),
+    }
+}
+
+/// A mountpoint opened without following a symlink at its last component (`O_PATH |
+/// O_NOFOLLOW`, which works on a stale FUSE mount too), the path the kernel resolved it to,
+/// and the id of the mount it is on: what is checked is the object the path named when it was
+/// opened, identified by mount id rather than by a second lookup of the path.
+struct MountTarget {
+    /// Held while the checks run.
+    _pinned: OwnedFd,
+    /// The path as the kernel resolved it.
+    path: PathBuf,
+    /// The id of the mount the descriptor is on (`/proc/self/fdinfo`).
+    mount_id: Option<u64>,
+}
+
+impl MountTarget {
+    fn open(mountpoint: &Path) -> Result<MountTarget, MountError> {
+        let io_err = |action: &'static str, source: io::Error| MountError::Io {
+            action,
+            path: mountpoint.to_path_buf(),
+            source,
+        };
+        let fd = rustix::fs::open(
+            mountpoint,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", e.into()))?;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let path =
+            std::fs::read_link(format!("/proc/self/fd/{raw}")).map_err(|e| io_err("resolve", e))?;
+        let mount_id = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("mnt_id:"))
+                    .and_then(|v| v.trim().parse().ok())
+            });
+        Ok(MountTarget {
+            _pinned: fd,
+            path,
+            mount_id,
+        })
+    }
+
+    /// The mount whose root the descriptor is, if it is the root of one (not a directory
+    /// inside a mount, nor a symlink).
+    fn mount(&self) -> Option<MountEntry> {
+        let id = self.mount_id?;
+        let text = std::fs::read("/proc/self/mountinfo").ok()?;
+        parse_mountinfo(&text)
+            .into_iter()
+            .find(|m| m.id == id)
+            .filter(|m| m.mount_point == self.path)
     }
 }
 
@@ -404,6 +514,8 @@ fn resolve_no_follow(path: &Path) -> io::Result<PathBuf> {
 /// One line of `/proc/self/mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct MountEntry {
+    /// The mount's id.
+    id: u64,
     /// `major:minor` of the mounted filesystem.
     dev: String,
     mount_point: PathBuf,
@@ -433,6 +545,7 @@ fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
             let sep = fields.iter().position(|f| *f == b"-")?;
             let text = |f: &[u8]| String::from_utf8_lossy(&unescape(f)).into_owned();
             Some(MountEntry {
+                id: std::str::from_utf8(fields.first()?).ok()?.parse().ok()?,
                 dev: text(fields.get(2)?),
                 mount_point: PathBuf::from(OsString::from_vec(unescape(fields.get(4)?))),
                 fstype: text(fields.get(sep + 1)?),
@@ -481,6 +594,7 @@ mod tests {
         assert_eq!(
             entries[1],
             MountEntry {
+                id: 95,
                 dev: "0:52".into(),
                 mount_point: "/tmp/my dir".into(),
                 fstype: "fuse.clip".into(),

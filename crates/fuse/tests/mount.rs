@@ -559,6 +559,15 @@ fn mount_and_unmount_refuse_clearly() {
     assert!(matches!(err, MountError::AlreadyMounted { .. }), "{err}");
     assert!(err.to_string().contains("clip umount"), "{err}");
     assert_eq!(fs::read(m.path("etc/hostname")).unwrap(), b"clip-test\n");
+    // Regression: a symlink (which a user could plant in a directory of theirs) was followed
+    // to the mount; and a directory inside a mount is not that mount.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(m.root(), &link).unwrap();
+    let err = unmount(&link).unwrap_err();
+    assert!(matches!(err, MountError::NotMounted { .. }), "{err}");
+    let err = unmount(&m.root().join("etc")).unwrap_err();
+    assert!(matches!(err, MountError::NotMounted { .. }), "{err}");
+    assert!(is_mountpoint(m.root()));
     drop(m);
 
     // Somebody else's mount is left alone.
