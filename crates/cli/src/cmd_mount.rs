@@ -232,12 +232,19 @@ fn run_daemon(args: &Args) -> Result<()> {
 }
 
 fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    // The archive lives as long as the mount process.
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    let archive =
-        Arc::new(Archive::open(bytes).with_context(|| format!("reading {}", args.file.display()))?);
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("opening {}", args.file.display()))?;
+    // Mapped, not read: only the parts of the index in use stay resident. The mapping lives
+    // as long as the mount process.
+    let mapping: &'static clip_sys::Mapping = Box::leak(Box::new(
+        clip_sys::Mapping::new(&file)
+            .with_context(|| format!("mapping {}", args.file.display()))?,
+    ));
+    let archive = Arc::new(
+        Archive::open(mapping).with_context(|| format!("reading {}", args.file.display()))?,
+    );
+    // Opening checked the whole file; let those pages go until something needs them.
+    mapping.release_pages();
     if !args.dir.exists() {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
