@@ -99,6 +99,10 @@ pub enum ArchiveError {
     #[error("cannot write .clip index: invalid tree: {0} (a bug in the indexer)")]
     InvalidTree(String),
 
+    /// A seek window could not be packed or unpacked ([`crate::Window`]).
+    #[error("seek window: {0}")]
+    InvalidWindow(String),
+
     /// The writer's layer table breaks a rule (see [`crate::write_archive`]).
     #[error("cannot write .clip index: invalid layer {layer}: {detail} (a bug in the indexer)")]
     InvalidLayer {
@@ -125,6 +129,7 @@ impl ArchiveError {
             | ArchiveError::NoSuchLayer(_)
             | ArchiveError::NoSuchSpan { .. }
             | ArchiveError::InvalidTree(_)
+            | ArchiveError::InvalidWindow(_)
             | ArchiveError::InvalidLayer { .. } => false,
         }
     }

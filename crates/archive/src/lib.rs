@@ -63,7 +63,7 @@
 //!         compressed_end: 2048,
 //!         uncompressed_offset: 0,
 //!         bits: 0,
-//!         window: Vec::new(),
+//!         window: Window::default(),
 //!         digest: [0; 32],
 //!         content_digest: [0; 32],
 //!     }],
@@ -105,7 +105,7 @@ mod writer;
 pub use error::ArchiveError;
 pub use model::{
     Compression, DataLocation, FileType, ImageMeta, Ino, Inode, Layer, LayerInfo, Platform, Span,
-    Tree, ROOT_INO,
+    Tree, Window, ROOT_INO,
 };
 pub use reader::{Archive, DirEntries, InodeRef, SectionSizes, SpanInfo, SpanTable, Walk};
 pub use writer::write_archive;

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ArchiveError;
+
 /// An inode number. [`ROOT_INO`] (1) is the root directory; numbers are dense, `1..=inode_count`.
 pub type Ino = u64;
 
@@ -60,15 +62,77 @@ pub struct Span {
     /// gzip: how many (0..=7) unused bits of the byte at `compressed_offset` prime the inflater;
     /// 0 otherwise.
     pub bits: u8,
-    /// gzip: the raw deflate dictionary (≤ 32 KiB, may be empty); empty otherwise. The writer
-    /// stores it zstd-compressed, [`crate::Archive::window`] returns it decompressed.
-    pub window: Vec<u8>,
+    /// gzip: the deflate dictionary (≤ 32 KiB, may be empty); empty otherwise.
+    pub window: Window,
     /// sha256 of `blob[compressed_offset..compressed_end]`: checked before a fetched span is
     /// decoded.
     pub digest: [u8; 32],
     /// sha256 of the span's uncompressed bytes (`uncompressed_offset` up to the next span's
     /// start, or the layer's end): checked after decoding, before a byte is served or cached.
     pub content_digest: [u8; 32],
+}
+
+/// A span's deflate dictionary (at most 32 KiB), held zstd-compressed exactly as the archive
+/// stores it: an indexing run keeps about 13 KiB per checkpoint in memory instead of 32, and
+/// the writer copies the bytes as they are. [`crate::Archive::window`] returns it unpacked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    packed: Vec<u8>,
+    len: u32,
+}
+
+/// zstd level of windows. Part of the determinism contract: same input, same bytes.
+const WINDOW_ZSTD_LEVEL: i32 = 3;
+
+impl Window {
+    /// Packs a raw dictionary. An empty one packs to nothing.
+    pub fn new(raw: &[u8]) -> Result<Window, ArchiveError> {
+        if raw.is_empty() {
+            return Ok(Window::default());
+        }
+        let len = u32::try_from(raw.len())
+            .map_err(|_| ArchiveError::InvalidWindow(format!("{} bytes", raw.len())))?;
+        let packed = zstd::bulk::compress(raw, WINDOW_ZSTD_LEVEL)
+            .map_err(|e| ArchiveError::InvalidWindow(e.to_string()))?;
+        Ok(Window { packed, len })
+    }
+
+    /// A window as stored: `packed` zstd bytes that unpack to `len` bytes (not checked here).
+    pub(crate) fn from_packed(packed: Vec<u8>, len: u32) -> Window {
+        Window { packed, len }
+    }
+
+    /// Length of the raw dictionary.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for no dictionary.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The zstd-compressed bytes.
+    pub fn packed(&self) -> &[u8] {
+        &self.packed
+    }
+
+    /// The raw dictionary.
+    pub fn unpack(&self) -> Result<Vec<u8>, ArchiveError> {
+        if self.len == 0 {
+            return Ok(Vec::new());
+        }
+        let out = zstd::bulk::decompress(&self.packed, self.len())
+            .map_err(|e| ArchiveError::InvalidWindow(e.to_string()))?;
+        if out.len() != self.len() {
+            return Err(ArchiveError::InvalidWindow(format!(
+                "unpacks to {} bytes, not {}",
+                out.len(),
+                self.len
+            )));
+        }
+        Ok(out)
+    }
 }
 
 /// One layer of the image and its seek index.

@@ -22,7 +22,7 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 use crate::error::{corrupt, ArchiveError};
 use crate::format::*;
 use crate::model::{
-    DataLocation, FileType, ImageMeta, Ino, Inode, Layer, LayerInfo, Span, ROOT_INO,
+    DataLocation, FileType, ImageMeta, Ino, Inode, Layer, LayerInfo, Span, Window, ROOT_INO,
 };
 use crate::{FORMAT_VERSION, MAGIC};
 
@@ -760,6 +760,27 @@ impl<'a> Archive<'a> {
         Ok(out)
     }
 
+    /// A span's window as stored (checked to unpack to its recorded length).
+    fn packed_window(&self, layer: u32, span: usize) -> Result<Window, ArchiveError> {
+        let raw = self.window(layer, span)?;
+        let table = self.spans(layer)?;
+        let rec = table.records.get(span).ok_or(ArchiveError::NoSuchSpan {
+            layer,
+            span: span as u64,
+        })?;
+        if raw.is_empty() {
+            return Ok(Window::default());
+        }
+        let off = rec.window_offset.get();
+        let packed = range(off, u64::from(rec.window_len.get()))
+            .and_then(|r| self.windows.get(r))
+            .unwrap_or_default();
+        Ok(Window::from_packed(
+            packed.to_vec(),
+            rec.window_raw_len.get(),
+        ))
+    }
+
     /// Number of inodes (`1..=inode_count` are valid inode numbers).
     pub fn inode_count(&self) -> u64 {
         self.inodes.len() as u64
@@ -1028,7 +1049,7 @@ impl<'a> Archive<'a> {
                 compressed_end: s.compressed_end,
                 uncompressed_offset: s.uncompressed_offset,
                 bits: s.bits,
-                window: self.window(layer, i)?,
+                window: self.packed_window(layer, i)?,
                 digest: s.digest,
                 content_digest: s.content_digest,
             });

@@ -11,9 +11,6 @@ use crate::format::*;
 use crate::model::{Compression, FileType, ImageMeta, Inode, Layer, LayerInfo, Tree};
 use crate::{FORMAT_VERSION, MAGIC};
 
-/// zstd level for windows. Part of the determinism contract: same input, same bytes.
-const WINDOW_ZSTD_LEVEL: i32 = 3;
-
 /// Encodes an index: image metadata, the layer table with its seek spans, and the file tree.
 ///
 /// The output is a function of the input only: the same arguments give byte-identical output.
@@ -182,7 +179,7 @@ pub fn write_archive(
     let mut spans: Vec<RawSpan> = Vec::new();
     let mut windows: Vec<u8> = Vec::new();
     let mut infos: Vec<LayerInfo> = Vec::with_capacity(layers.len());
-    for (li, layer) in layers.iter().enumerate() {
+    for layer in layers {
         infos.push(LayerInfo {
             digest: layer.digest.clone(),
             media_type: layer.media_type.clone(),
@@ -198,15 +195,9 @@ pub fn write_archive(
             let (window_offset, window_len) = if span.window.is_empty() {
                 (0, 0)
             } else {
-                let packed =
-                    zstd::bulk::compress(&span.window, WINDOW_ZSTD_LEVEL).map_err(|e| {
-                        ArchiveError::InvalidLayer {
-                            layer: li,
-                            detail: format!("cannot compress a window: {e}"),
-                        }
-                    })?;
+                let packed = span.window.packed();
                 let off = windows.len() as u64;
-                windows.extend_from_slice(&packed);
+                windows.extend_from_slice(packed);
                 (off, packed.len() as u32)
             };
             spans.push(RawSpan {

@@ -20,7 +20,7 @@ fn small() -> Vec<u8> {
     t.add(0, "null", device(FileType::CharDevice, 1, 3));
     let mut l = layers();
     l[0].spans.truncate(2);
-    l[0].spans[1].window = vec![7; 64];
+    l[0].spans[1].window = Window::new(&[7; 64]).unwrap();
     write_archive(&meta(), &l, &t).unwrap()
 }
 

@@ -33,7 +33,7 @@ fn fixed() -> Vec<u8> {
     let mut l = layers();
     for layer in &mut l {
         for span in &mut layer.spans {
-            span.window.clear();
+            span.window = Window::default();
         }
     }
     write_archive(&meta(), &l, &t).unwrap()

@@ -41,7 +41,7 @@ fn every_accessor_round_trips() {
             assert_eq!(got.bits, span.bits);
             assert_eq!(got.digest, span.digest);
             assert_eq!(got.has_window, !span.window.is_empty());
-            assert_eq!(a.window(i, s).unwrap(), span.window);
+            assert_eq!(a.window(i, s).unwrap(), span.window.unpack().unwrap());
             assert_eq!(t.find(span.uncompressed_offset), Some(s));
             assert_eq!(t.find(end - 1), Some(s));
         }
@@ -455,9 +455,9 @@ fn writer_rejects_invalid_layers() {
     check(&|l| l[0].spans[0].compressed_end = 3_000_001);
     check(&|l| l[0].spans[0].compressed_offset = 1_200_001);
     check(&|l| l[0].spans[0].bits = 8);
-    check(&|l| l[0].spans[0].window = vec![0; 32 * 1024 + 1]);
+    check(&|l| l[0].spans[0].window = Window::new(&[0; 32 * 1024 + 1]).unwrap());
     check(&|l| l[1].spans[0].bits = 1);
-    check(&|l| l[2].spans[0].window = vec![1]);
+    check(&|l| l[2].spans[0].window = Window::new(&[1]).unwrap());
     // Spans start at 0, and compressed ranges never go backwards.
     check(&|l| l[1].spans[0].uncompressed_offset = 1);
     check(&|l| l[0].spans[1].compressed_offset = 5);

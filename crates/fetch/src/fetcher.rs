@@ -1405,7 +1405,7 @@ mod tests {
                 compressed_end: 100,
                 uncompressed_offset: 0,
                 bits: 0,
-                window: Vec::new(),
+                window: clip_archive::Window::default(),
                 digest: [0; 32],
                 content_digest: [0; 32],
             }],

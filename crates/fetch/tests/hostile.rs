@@ -51,7 +51,7 @@ fn span(c0: u64, c1: u64, u0: u64) -> Span {
         compressed_end: c1,
         uncompressed_offset: u0,
         bits: 0,
-        window: Vec::new(),
+        window: clip_archive::Window::default(),
         digest: [0; 32],
         content_digest: [0; 32],
     }

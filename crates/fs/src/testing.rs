@@ -142,7 +142,7 @@ impl ImageBuilder {
                     compressed_end: bytes.len() as u64,
                     uncompressed_offset: 0,
                     bits: 0,
-                    window: Vec::new(),
+                    window: clip_archive::Window::default(),
                     digest: [0; 32],
                     content_digest: [0; 32],
                 }],

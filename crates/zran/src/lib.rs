@@ -288,10 +288,12 @@ impl<R: Read, O: Observer> CheckpointingInflater<R, O> {
         &mut self.observer
     }
 
-    /// The checkpoints taken so far. A checkpoint taken during a `read` sits at the end of the
-    /// bytes that `read` returned.
-    pub fn checkpoints(&self) -> &[Checkpoint] {
-        &self.checkpoints
+    /// The checkpoints taken so far. A checkpoint taken during a `read` sits at the start or
+    /// the end of the bytes that `read` returned. Mutable, so that a caller can take the
+    /// windows away as they come (to pack them, say) instead of keeping every one until
+    /// [`CheckpointingInflater::finish`].
+    pub fn checkpoints_mut(&mut self) -> &mut [Checkpoint] {
+        &mut self.checkpoints
     }
 
     /// Ends the pass: the underlying reader, the observer and the checkpoints.
