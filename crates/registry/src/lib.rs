@@ -8,9 +8,12 @@
 //!   entry is chosen for one.
 //! - [`Client`]: a blocking OCI distribution client on `ureq`, shared by threads (one connection
 //!   pool, one token cache). It answers `WWW-Authenticate` challenges (anonymous, HTTP basic,
-//!   bearer tokens, renewing expired tokens), finds credentials (`--creds`, containers
-//!   `auth.json`, docker `config.json` and credential helpers), retries transient failures with
-//!   capped backoff, and counts what it does ([`StatsSnapshot`]).
+//!   bearer tokens, renewing expired tokens), finds credentials (explicit ones bound to one
+//!   registry, [`RegistryCredentials`]; else containers `auth.json`, docker `config.json` and
+//!   credential helpers), follows redirects itself (at most 10; `Authorization` only within the
+//!   origin it was sent to, so object storage never sees registry credentials; no https→http
+//!   downgrade), retries transient failures with capped backoff, and counts what it does
+//!   ([`StatsSnapshot`]).
 //! - [`Client::resolve`]: reference + platform → [`ResolvedImage`]: the image manifest (picked
 //!   from an index), the raw image config and the layer table with compression and diff_ids,
 //!   every piece digest-verified.
@@ -51,6 +54,7 @@ mod client;
 mod error;
 mod manifest;
 mod platform;
+mod redirect;
 mod reference;
 mod resolve;
 mod retry;
@@ -60,7 +64,7 @@ mod tests;
 #[cfg(test)]
 mod testserver;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, RegistryCredentials};
 pub use blob::BlobReader;
 pub use client::{Client, ClientOptions, Stats, StatsSnapshot};
 pub use error::RegistryError;
