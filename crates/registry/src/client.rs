@@ -26,6 +26,8 @@ const MAX_TOKEN: u64 = 1 << 20;
 const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Token lifetime when the token service does not say (the distribution spec's minimum).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Tokens are renewed after a year at the latest, whatever the service says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400 * 365);
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -593,38 +595,11 @@ impl Client {
             &url,
         )?;
 
-        #[derive(serde::Deserialize)]
-        struct TokenResponse {
-            #[serde(default)]
-            token: Option<String>,
-            #[serde(default)]
-            access_token: Option<String>,
-            #[serde(default)]
-            expires_in: Option<u64>,
-        }
-        let parsed: TokenResponse = parse_json(&url, "token response", &body)?;
-        let value = parsed
-            .token
-            .filter(|t| !t.is_empty())
-            .or(parsed.access_token.filter(|t| !t.is_empty()))
-            .ok_or_else(|| RegistryError::Protocol {
-                url: url.clone(),
-                detail: "token response has no token".into(),
-            })?;
-        if !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(RegistryError::Protocol {
-                url,
-                detail: "token contains invalid characters".into(),
-            }
-            .into());
-        }
-        let lifetime = parsed
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
-            .max(DEFAULT_TOKEN_LIFETIME);
-        // Renew a little early so a token does not expire between our check and its use.
-        let margin = (lifetime / 10).min(Duration::from_secs(30));
-        let expires = Instant::now() + lifetime.min(Duration::from_secs(86_400 * 365)) - margin;
+        let token = parse_token_response(&url, &body)?;
+        let expires = Instant::now()
+            .checked_add(token.valid_for)
+            .unwrap_or_else(Instant::now);
+        let value = token.value;
         lock(&self.inner.tokens).insert(
             (registry.to_string(), scope.to_string()),
             Token {
@@ -751,6 +726,53 @@ impl Client {
     }
 }
 
+/// A bearer token from a token service's answer, and how long to use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParsedToken {
+    pub(crate) value: String,
+    /// The lifetime the service gave (at least [`DEFAULT_TOKEN_LIFETIME`], at most a year),
+    /// less a margin so that it is renewed a little early.
+    pub(crate) valid_for: Duration,
+}
+
+/// Parses a token response (`token` or `access_token`, `expires_in`) from `url`.
+pub(crate) fn parse_token_response(url: &str, body: &[u8]) -> Result<ParsedToken, RegistryError> {
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        access_token: Option<String>,
+        #[serde(default)]
+        expires_in: Option<u64>,
+    }
+    let parsed: TokenResponse = parse_json(url, "token response", body)?;
+    let value = parsed
+        .token
+        .filter(|t| !t.is_empty())
+        .or(parsed.access_token.filter(|t| !t.is_empty()))
+        .ok_or_else(|| RegistryError::Protocol {
+            url: url.to_string(),
+            detail: "token response has no token".into(),
+        })?;
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RegistryError::Protocol {
+            url: url.to_string(),
+            detail: "token contains invalid characters".into(),
+        });
+    }
+    let lifetime = parsed
+        .expires_in
+        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+        .clamp(DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME);
+    // Renew a little early so a token does not expire between our check and its use.
+    let margin = (lifetime / 10).min(Duration::from_secs(30));
+    Ok(ParsedToken {
+        value,
+        valid_for: lifetime - margin,
+    })
+}
+
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     url: &str,
     what: &str,
@@ -849,6 +871,41 @@ mod tests {
             "repository%3Aa%2Fb%3Apull"
         );
         assert_eq!(encode_query("registry.docker.io"), "registry.docker.io");
+    }
+
+    #[test]
+    fn token_responses() {
+        let parse = |body: &str| parse_token_response("u", body.as_bytes());
+        let t = parse(r#"{"token":"abc","expires_in":300}"#).expect("token");
+        assert_eq!(t.value, "abc");
+        assert_eq!(t.valid_for, Duration::from_secs(270));
+        let t = parse(r#"{"token":"","access_token":"xyz"}"#).expect("access_token");
+        assert_eq!(t.value, "xyz");
+        assert_eq!(
+            t.valid_for,
+            Duration::from_secs(54),
+            "60 s by default, less 10%"
+        );
+        let t = parse(r#"{"token":"a","expires_in":1}"#).expect("short");
+        assert_eq!(
+            t.valid_for,
+            Duration::from_secs(54),
+            "never below the spec's minimum"
+        );
+        let t = parse(r#"{"token":"a","expires_in":18446744073709551615}"#).expect("long");
+        assert_eq!(t.valid_for, MAX_TOKEN_LIFETIME - Duration::from_secs(30));
+        for bad in [
+            "{}",
+            r#"{"token":""}"#,
+            r#"{"token":"a b"}"#,
+            r#"{"token":"a
+b"}"#,
+            r#"{"token":"a","expires_in":-1}"#,
+            "not json",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, RegistryError::Protocol { .. }), "{bad}: {e:?}");
+        }
     }
 
     #[test]

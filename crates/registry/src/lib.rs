@@ -27,7 +27,9 @@
 //! Nothing is written to disk.
 //!
 //! Registry responses are untrusted input: they never cause a panic, and what is held in memory
-//! is capped (manifests and configs 8 MiB, token responses 1 MiB, error bodies 64 KiB).
+//! is capped (manifests and configs 8 MiB, token responses 1 MiB, error bodies 64 KiB). Their
+//! parsers are fuzzed (`fuzz/`: `registry_manifest`, `registry_auth`, through the hidden
+//! `fuzzing` module).
 //!
 //! # Example
 //!
@@ -52,6 +54,8 @@ mod auth;
 mod blob;
 mod client;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifest;
 mod platform;
 mod redirect;

@@ -1137,3 +1137,24 @@ fn explicit_credentials_are_only_for_their_registry() {
         .iter()
         .all(|q| q.header("authorization") != Some(alice.as_str())));
 }
+
+#[test]
+fn fuzzing_entry_points_resolve_like_the_client() {
+    let img = image();
+    let (_, index) = &img.files["/v2/test/app/manifests/latest"];
+    let (_, manifest) = &img.files[&format!("/v2/test/app/manifests/{}", img.amd64_digest)];
+    let (_, config) = &img.files[&format!("/v2/test/app/blobs/{}", img.config_digest)];
+    let resolved = fuzzing::resolve_bytes(index, Some(OCI_INDEX), manifest, None, config, &amd64())
+        .expect("resolve");
+    assert_eq!(resolved.media_type, OCI_MANIFEST);
+    assert_eq!(resolved.platform.to_string(), "linux/amd64");
+    assert_eq!(resolved.layers.len(), 2);
+    assert_eq!(resolved.layers[0].digest, img.layer_digest);
+    assert_eq!(resolved.layers[0].compression, Compression::Gzip);
+    // A single manifest: the config's platform.
+    let single = fuzzing::resolve_bytes(manifest, None, b"", None, config, &amd64())
+        .expect("single manifest");
+    assert_eq!(single.platform.to_string(), "linux/amd64");
+    let e = fuzzing::resolve_bytes(index, None, index, None, config, &amd64()).unwrap_err();
+    assert!(e.to_string().contains("inside an image index"), "{e}");
+}
