@@ -26,8 +26,15 @@ pub struct Args {
     /// Layers indexed in parallel. Default: the number of cores.
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Registry credentials USER:PASS (otherwise from $REGISTRY_AUTH_FILE or the docker config).
-    #[arg(long, env = "CLIP_CREDS", hide_env_values = true)]
+    /// Registry credentials: USER:PASS for the image's registry, or REGISTRY=USER:PASS (e.g.
+    /// localhost:5000=USER:PASS). Sent to that registry only; otherwise credentials come from
+    /// $REGISTRY_AUTH_FILE or the docker config.
+    #[arg(
+        long,
+        env = "CLIP_CREDS",
+        hide_env_values = true,
+        value_name = "[REGISTRY=]USER:PASS"
+    )]
     pub creds: Option<String>,
     /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
     #[arg(long)]
@@ -48,6 +55,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let client = crate::registry_client(
         args.creds.as_deref(),
+        crate::creds::ImageSource::CommandLine,
         args.insecure,
         &reference,
         RetryPolicy::default(),

@@ -43,8 +43,15 @@ pub struct Args {
     /// Let other users (e.g. a container's non-root user) use the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// Registry credentials USER:PASS (otherwise from $REGISTRY_AUTH_FILE or the docker config).
-    #[arg(long, env = "CLIP_CREDS", hide_env_values = true)]
+    /// Registry credentials REGISTRY=USER:PASS, naming the registry the index names (they are
+    /// used for that registry only; a plain USER:PASS is refused). Otherwise credentials come
+    /// from $REGISTRY_AUTH_FILE or the docker config.
+    #[arg(
+        long,
+        env = "CLIP_CREDS",
+        hide_env_values = true,
+        value_name = "REGISTRY=USER:PASS"
+    )]
     pub creds: Option<String>,
     /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
     #[arg(long)]
@@ -262,6 +269,7 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
     let timeout = Duration::from_secs(args.read_timeout.max(1));
     let client = crate::registry_client(
         args.creds.as_deref(),
+        crate::creds::ImageSource::IndexFile(&args.file),
         args.insecure,
         &reference,
         // A fetch retries for as long as a read may wait for it: bounded by time, not by a

@@ -7,9 +7,8 @@
 mod cmd_index;
 mod cmd_inspect;
 mod cmd_mount;
+mod creds;
 mod units;
-
-use anyhow::Context;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -72,24 +71,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The registry client for `reference`: credentials from `--creds USER:PASS` (else the usual
-/// auth files, read by the client on a 401), plain HTTP for its registry with `--insecure`.
+/// The registry client for `reference`: explicit credentials from `--creds` for its registry
+/// only (see [`creds::for_registry`]; else the usual auth files, read by the client on a 401),
+/// plain HTTP for its registry with `--insecure`.
 fn registry_client(
     creds: Option<&str>,
+    source: creds::ImageSource<'_>,
     insecure: bool,
     reference: &clip_registry::Reference,
     retry: clip_registry::RetryPolicy,
 ) -> anyhow::Result<clip_registry::Client> {
-    let creds = creds
-        .map(|c| {
-            c.split_once(':')
-                .map(|(u, p)| clip_registry::Credentials {
-                    username: u.to_string(),
-                    password: p.to_string(),
-                })
-                .context("--creds must be USER:PASSWORD")
-        })
-        .transpose()?;
+    let creds = creds::for_registry(creds, &reference.registry, source)?;
     let mut options = clip_registry::ClientOptions {
         creds,
         retry,

@@ -1,4 +1,5 @@
-//! `clip index` and `clip inspect` against a real registry started by each test.
+//! `clip index` and `clip inspect` against a real registry started by each test, and which
+//! registry `--creds` are for (`clip index`, `clip mount`).
 
 mod support;
 
@@ -352,6 +353,154 @@ fn credentials_from_flags_and_auth_files() {
         "DOCKER_CONFIG: {}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// A registry that wants `alice` with a password holding `=` and `:`, with one small image.
+fn private_registry() -> (Registry, &'static str) {
+    const PASSWORD: &str = "pa=ss:w0rd";
+    let registry = Registry::start_with_auth("alice", PASSWORD);
+    Image::new()
+        .layer(Layer::from_fixture("/hello file 0644 0 0 content=\"hi\""))
+        .push(&registry, "private:1", ManifestFlavor::Oci);
+    (registry, PASSWORD)
+}
+
+#[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
+fn creds_naming_their_registry_work_for_index_and_mount() {
+    let (registry, password) = private_registry();
+    let scratch = Scratch::new();
+    let out = scratch.path("p.clip");
+    let out_s = out.to_str().unwrap();
+    let image = image_ref(&registry, "private:1");
+    let creds = format!("{}=alice:{password}", registry.addr());
+
+    clip(&["index", "--quiet", "--creds", &creds, &image, out_s]).success();
+    assert!(listing(&out).contains_key("/hello"));
+    // The same through the environment, and the plain form for the image typed here.
+    std::fs::remove_file(&out).unwrap();
+    let run = clip_command()
+        .args(["index", "--quiet", &image, out_s])
+        .env("CLIP_CREDS", &creds)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "CLIP_CREDS: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let plain = format!("alice:{password}");
+    clip(&["index", "--quiet", "--creds", &plain, &image, out_s]).success();
+
+    // The mount reads its blobs with them.
+    let mount = Mount::start(
+        &out,
+        &scratch.path("mnt"),
+        &scratch.path("cache"),
+        &["--creds", &creds],
+    );
+    let hello = std::fs::read_to_string(mount.dir.join("hello")).unwrap();
+    assert_eq!(hello, "hi");
+    let log = mount.unmount();
+    assert!(!log.contains(password), "the password stays out of the log");
+}
+
+#[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
+fn plain_creds_are_refused_for_a_mount() {
+    let (registry, password) = private_registry();
+    let scratch = Scratch::new();
+    let out = scratch.path("p.clip");
+    let out_s = out.to_str().unwrap();
+    let plain = format!("alice:{password}");
+    let image = image_ref(&registry, "private:1");
+    clip(&["index", "--quiet", "--creds", &plain, &image, out_s]).success();
+
+    let mark = registry.log_mark();
+    let dir = scratch.path("mnt");
+    let dir_s = dir.to_str().unwrap();
+    let by_flag = clip(&["mount", "--creds", &plain, out_s, dir_s]).failure();
+    let by_env = clip_command()
+        .args(["mount", out_s, dir_s])
+        .env("CLIP_CREDS", &plain)
+        .output()
+        .unwrap();
+    assert!(!by_env.status.success());
+    let by_env = String::from_utf8_lossy(&by_env.stderr).into_owned();
+    for err in [&by_flag, &by_env] {
+        let fix = format!("--creds {}=USER:PASS", registry.addr());
+        assert!(
+            err.contains("p.clip") && err.contains(registry.addr()) && err.contains(&fix),
+            "{err}"
+        );
+        assert!(!err.contains(password), "{err}");
+    }
+    assert!(
+        registry.requests_since(mark).is_empty(),
+        "nothing was sent to the registry the file names"
+    );
+}
+
+#[test]
+#[ignore = "integration: needs docker-registry, skopeo, umoci (scripts/test.sh runs it)"]
+fn creds_for_another_registry_are_not_used() {
+    let (registry, password) = private_registry();
+    let scratch = Scratch::new();
+    let out = scratch.path("p.clip");
+    let out_s = out.to_str().unwrap();
+    let image = image_ref(&registry, "private:1");
+    // The right user and password, named for another registry (another port of this host).
+    let port: u16 = registry.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let elsewhere = format!("127.0.0.1:{}", port.wrapping_add(1).max(1));
+    let wrong = format!("{elsewhere}=alice:{password}");
+
+    let err = clip(&["index", "--quiet", "--creds", &wrong, &image, out_s]).failure();
+    assert!(
+        err.contains(&format!("--creds are for {elsewhere}")) && err.contains("not using them"),
+        "warns: {err}"
+    );
+    assert!(err.contains("anonymous access refused"), "not sent: {err}");
+    assert!(!out.exists());
+
+    // The registry then gets what the auth files say about it.
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));
+    let auth_file = scratch.path("auth.json");
+    std::fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.addr()
+        ),
+    )
+    .unwrap();
+    let run = clip_command()
+        .args(["index", "--quiet", "--creds", &wrong, &image, out_s])
+        .env("REGISTRY_AUTH_FILE", &auth_file)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "falls back to the auth file: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // A mount of that index with them: warned about, not used, so not mounted.
+    let err = match Mount::try_start(
+        &out,
+        &scratch.path("mnt"),
+        &scratch.path("cache"),
+        &["--creds", &wrong],
+    ) {
+        Ok(_) => panic!("mounted with credentials named for another registry"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains(&format!("--creds are for {elsewhere}")) && err.contains("p.clip"),
+        "warns: {err}"
+    );
+    assert!(err.contains("anonymous access refused"), "not sent: {err}");
+    assert!(!err.contains(password), "{err}");
 }
 
 #[test]

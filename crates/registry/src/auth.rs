@@ -42,6 +42,44 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Credentials given explicitly (`--creds`) for one registry: the client uses them for that
+/// registry only and never sends them anywhere else; every other registry gets what the auth
+/// files say about it (see [`crate::ClientOptions::creds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    /// The registry they are for, spelled as in [`crate::Reference::registry`]: `ghcr.io`,
+    /// `localhost:5000` (the port is part of the name). `docker.io`, `index.docker.io` and
+    /// `registry-1.docker.io` are one registry; names compare case-insensitively.
+    pub registry: String,
+    pub credentials: Credentials,
+}
+
+impl RegistryCredentials {
+    pub fn new(registry: impl Into<String>, credentials: Credentials) -> RegistryCredentials {
+        RegistryCredentials {
+            registry: registry.into(),
+            credentials,
+        }
+    }
+
+    /// Whether these credentials are for `registry` (as in [`crate::Reference::registry`]).
+    pub fn is_for(&self, registry: &str) -> bool {
+        same_registry(&self.registry, registry)
+    }
+}
+
+/// Whether two registry names are the same registry (Docker Hub's names are one).
+pub(crate) fn same_registry(a: &str, b: &str) -> bool {
+    let canonical = |r: &str| {
+        let r = r.to_ascii_lowercase();
+        match registry_aliases(&r).len() {
+            1 => r,
+            _ => "docker.io".to_string(),
+        }
+    };
+    canonical(a) == canonical(b)
+}
+
 // ---------------------------------------------------------------------------------------------
 // WWW-Authenticate
 
@@ -452,6 +490,31 @@ mod tests {
         let s = format!("{c:?}");
         assert!(s.contains('u') && !s.contains("hunter2"), "{s}");
         assert_eq!(c.basic_header(), "Basic dTpodW50ZXIy");
+    }
+
+    #[test]
+    fn explicit_credentials_are_for_one_registry() {
+        let c = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let hub = RegistryCredentials::new("index.docker.io", c.clone());
+        for name in [
+            "docker.io",
+            "index.docker.io",
+            "registry-1.docker.io",
+            "Docker.IO",
+        ] {
+            assert!(hub.is_for(name), "{name}");
+        }
+        for name in ["ghcr.io", "docker.io:5000", "evil.docker.io", ""] {
+            assert!(!hub.is_for(name), "{name}");
+        }
+        let local = RegistryCredentials::new("localhost:5000", c);
+        assert!(local.is_for("localhost:5000") && local.is_for("LocalHost:5000"));
+        assert!(!local.is_for("localhost") && !local.is_for("localhost:5001"));
+        assert!(!local.is_for("127.0.0.1:5000"));
+        assert!(!format!("{local:?}").contains("\"p\""), "{local:?}");
     }
 
     #[test]

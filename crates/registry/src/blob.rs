@@ -27,6 +27,7 @@ pub struct BlobReader {
     reference: Reference,
     digest: String,
     size: u64,
+    /// The URL that served the current body (after redirects), for error messages.
     url: String,
     body: Option<ureq::BodyReader<'static>>,
     /// Bytes of the current body to discard (the server ignored our Range).
@@ -184,9 +185,10 @@ impl BlobReader {
                 .client
                 .open_blob(&self.reference, &self.digest, self.size, self.pos)
             {
-                Ok((body, skip)) => {
-                    self.body = Some(body);
-                    self.skip = skip;
+                Ok(opened) => {
+                    self.body = Some(opened.body);
+                    self.skip = opened.skip;
+                    self.url = opened.url;
                 }
                 Err(f) => self.backoff(f)?,
             }
@@ -290,16 +292,15 @@ impl Client {
     ) -> Result<BlobReader, RegistryError> {
         check_blob_digest(layer_digest)?;
         let url = self.blob_url(reference, layer_digest);
-        let (body, skip) =
-            self.with_retry(&url, || self.open_blob(reference, layer_digest, size, 0))?;
+        let opened = self.with_retry(&url, || self.open_blob(reference, layer_digest, size, 0))?;
         Ok(BlobReader::new(
             self.clone(),
             reference.clone(),
             layer_digest.to_string(),
             size,
-            url,
-            body,
-            skip,
+            opened.url,
+            opened.body,
+            opened.skip,
         ))
     }
 
@@ -446,15 +447,14 @@ impl Client {
         Ok(buf)
     }
 
-    /// Opens a blob at `pos` (with `Range: bytes=pos-` when `pos > 0`). Returns the body and
-    /// how many bytes of it to discard (when the server ignored Range).
+    /// Opens a blob at `pos` (with `Range: bytes=pos-` when `pos > 0`).
     pub(crate) fn open_blob(
         &self,
         reference: &Reference,
         digest: &str,
         size: u64,
         pos: u64,
-    ) -> Result<(ureq::BodyReader<'static>, u64), Failure> {
+    ) -> Result<OpenedBlob, Failure> {
         let req = Req {
             reference,
             url: self.blob_url(reference, digest),
@@ -517,8 +517,21 @@ impl Client {
                 .into())
             }
         };
-        Ok((resp.into_body().into_reader(), skip))
+        Ok(OpenedBlob {
+            body: resp.into_body().into_reader(),
+            skip,
+            url: final_url,
+        })
     }
+}
+
+/// A blob body being received.
+pub(crate) struct OpenedBlob {
+    body: ureq::BodyReader<'static>,
+    /// Bytes of `body` to discard first (the server ignored our Range).
+    skip: u64,
+    /// The URL that answered (after redirects).
+    url: String,
 }
 
 /// `bytes FIRST-LAST/TOTAL` (TOTAL may be `*`).

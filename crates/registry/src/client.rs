@@ -1,5 +1,6 @@
 //! The blocking distribution client: options, shared connection pool, token cache, auth
-//! challenges, retries. What is fetched lives in `resolve` (manifests, configs) and `blob`.
+//! challenges, redirects, retries. What is fetched lives in `resolve` (manifests, configs) and
+//! `blob`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use ureq::http::{self, header};
 use ureq::ResponseExt as _;
 
-use crate::auth::{self, Challenge, CredEnv, Credentials};
+use crate::auth::{self, Challenge, CredEnv, Credentials, RegistryCredentials};
 use crate::error::{error_from_response, summarize_body, ureq_to_io, Target};
+use crate::redirect::{self, MAX_REDIRECTS};
 use crate::reference::api_host;
 use crate::retry::{parse_retry_after, Attempts, RetryPolicy};
 use crate::{Reference, RegistryError};
@@ -24,14 +26,18 @@ const MAX_TOKEN: u64 = 1 << 20;
 const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Token lifetime when the token service does not say (the distribution spec's minimum).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Tokens are renewed after a year at the latest, whatever the service says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400 * 365);
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Credentials for every registry; when `None` they are looked up per registry in
-    /// `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+    /// Explicit credentials for one registry (`--creds`). They are used for that registry
+    /// only (Docker Hub's names count as one) and never sent to any other: for every other
+    /// registry, and for all of them when this is `None`, credentials are looked up per
+    /// registry in `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
     /// `$DOCKER_CONFIG/config.json` and `~/.docker/config.json` (and their credential helpers).
-    pub creds: Option<Credentials>,
+    pub creds: Option<RegistryCredentials>,
     /// Registries spoken to over plain HTTP (`host:port` or `host`); loopback always is.
     pub insecure_registries: Vec<String>,
     pub retry: RetryPolicy,
@@ -103,7 +109,8 @@ struct Inner {
     agent: ureq::Agent,
     opts: ClientOptions,
     cred_env: CredEnv,
-    /// Credentials looked up per registry (when `opts.creds` is `None`).
+    /// Credentials looked up per registry in the auth files (for registries `opts.creds` is
+    /// not for).
     creds: Mutex<HashMap<String, Option<Credentials>>>,
     /// How each registry asked us to authenticate.
     schemes: Mutex<HashMap<String, Scheme>>,
@@ -221,10 +228,9 @@ impl Client {
         opts.retry.max_attempts = opts.retry.max_attempts.max(1);
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .max_redirects(10)
-            // Keep Authorization only on same-host redirects: blob downloads are redirected to
-            // object storage that must not see registry tokens. Range is kept on redirects.
-            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+            // Redirects are followed by `send`, which keeps Authorization only within one
+            // origin (ureq's same-host rule ignores the port).
+            .max_redirects(0)
             .timeout_connect(Some(opts.connect_timeout))
             .timeout_per_read(Some(opts.read_timeout))
             .timeout_per_write(Some(opts.read_timeout))
@@ -329,21 +335,61 @@ impl Client {
         }
     }
 
-    /// Sends one GET, no auth handling.
+    /// Sends one GET, no auth handling, and follows up to [`MAX_REDIRECTS`] redirects itself.
+    ///
+    /// `Authorization`, if among `headers`, goes only to the origin (scheme, host and port) of
+    /// `url`: it follows a redirect within that origin and is dropped for good at the first hop
+    /// to another one (blob downloads are redirected to object storage, which must not see
+    /// registry credentials). The other headers (`Accept`, `Range`) follow every hop. The
+    /// response's `get_uri()` is the URL that answered. Counts as one request in the stats.
     fn send(&self, url: &str, headers: &[(&str, &str)]) -> Result<Response, Failure> {
-        let mut request = self.inner.agent.get(url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(url, "GET");
-        request.call().map_err(|e| {
-            RegistryError::Transport {
-                url: url.to_string(),
-                source: ureq_to_io(e),
+        let mut current = url.to_string();
+        let mut with_auth = true;
+        let mut hops = 0;
+        loop {
+            let mut request = self.inner.agent.get(&current);
+            for (name, value) in headers {
+                if with_auth || !name.eq_ignore_ascii_case("authorization") {
+                    request = request.header(*name, *value);
+                }
             }
-            .into()
-        })
+            tracing::debug!(url = %current, "GET");
+            let resp = request.call().map_err(|e| RegistryError::Transport {
+                url: current.clone(),
+                source: ureq_to_io(e),
+            })?;
+            let status = resp.status().as_u16();
+            if !redirect::is_redirect(status) {
+                return Ok(resp);
+            }
+            let Some(location) = header_str(&resp, header::LOCATION) else {
+                return Err(RegistryError::Protocol {
+                    url: current,
+                    detail: format!("redirect (HTTP {status}) without a usable Location header"),
+                }
+                .into());
+            };
+            let refuse = |reason: String| RegistryError::Redirect {
+                url: current.clone(),
+                location: location.clone(),
+                reason,
+            };
+            if hops == MAX_REDIRECTS {
+                return Err(refuse(format!(
+                    "more than {MAX_REDIRECTS} redirects in a row (a redirect loop?)"
+                ))
+                .into());
+            }
+            let hop = redirect::follow(&current, &location).map_err(refuse)?;
+            // Read what little a redirect says, so that the connection can be reused.
+            self.read_error_body(resp);
+            tracing::debug!(status, from = %current, to = %hop.url, same_origin = hop.same_origin,
+                "following redirect (Authorization only within one origin)");
+            with_auth &= hop.same_origin;
+            current = hop.url;
+            hops += 1;
+        }
     }
 
     /// One request with authentication: anonymous or with what we know works, answering 401
@@ -372,6 +418,21 @@ impl Client {
             }
             if status != 401 {
                 return Err(self.failure_from_response(&req.target, registry, resp));
+            }
+            let answered_by = resp.get_uri().to_string();
+            if !redirect::same_origin(&req.url, &answered_by) {
+                // Redirected elsewhere, and that server wants credentials: its challenge could
+                // name any token service, and the registry's credentials are not for it.
+                self.read_error_body(resp);
+                return Err(RegistryError::Http {
+                    url: answered_by,
+                    status,
+                    message: format!(
+                        "a redirect target outside {registry} asked for authentication; \
+                         the registry's credentials are never sent to another origin"
+                    ),
+                }
+                .into());
             }
             let challenges = auth::parse_challenges(
                 resp.headers()
@@ -534,38 +595,11 @@ impl Client {
             &url,
         )?;
 
-        #[derive(serde::Deserialize)]
-        struct TokenResponse {
-            #[serde(default)]
-            token: Option<String>,
-            #[serde(default)]
-            access_token: Option<String>,
-            #[serde(default)]
-            expires_in: Option<u64>,
-        }
-        let parsed: TokenResponse = parse_json(&url, "token response", &body)?;
-        let value = parsed
-            .token
-            .filter(|t| !t.is_empty())
-            .or(parsed.access_token.filter(|t| !t.is_empty()))
-            .ok_or_else(|| RegistryError::Protocol {
-                url: url.clone(),
-                detail: "token response has no token".into(),
-            })?;
-        if !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(RegistryError::Protocol {
-                url,
-                detail: "token contains invalid characters".into(),
-            }
-            .into());
-        }
-        let lifetime = parsed
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
-            .max(DEFAULT_TOKEN_LIFETIME);
-        // Renew a little early so a token does not expire between our check and its use.
-        let margin = (lifetime / 10).min(Duration::from_secs(30));
-        let expires = Instant::now() + lifetime.min(Duration::from_secs(86_400 * 365)) - margin;
+        let token = parse_token_response(&url, &body)?;
+        let expires = Instant::now()
+            .checked_add(token.valid_for)
+            .unwrap_or_else(Instant::now);
+        let value = token.value;
         lock(&self.inner.tokens).insert(
             (registry.to_string(), scope.to_string()),
             Token {
@@ -581,11 +615,17 @@ impl Client {
         })
     }
 
-    /// Credentials for `registry`: the configured ones, or those found in auth files (looked up
-    /// once per registry).
+    /// Credentials for `registry`: the explicit ones if they are for it, else those found in
+    /// the auth files (looked up once per registry).
     fn creds_for(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
-        if let Some(c) = &self.inner.opts.creds {
-            return Ok(Some(c.clone()));
+        if let Some(c) = self
+            .inner
+            .opts
+            .creds
+            .as_ref()
+            .filter(|c| c.is_for(registry))
+        {
+            return Ok(Some(c.credentials.clone()));
         }
         if let Some(found) = lock(&self.inner.creds).get(registry) {
             return Ok(found.clone());
@@ -686,6 +726,53 @@ impl Client {
     }
 }
 
+/// A bearer token from a token service's answer, and how long to use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParsedToken {
+    pub(crate) value: String,
+    /// The lifetime the service gave (at least [`DEFAULT_TOKEN_LIFETIME`], at most a year),
+    /// less a margin so that it is renewed a little early.
+    pub(crate) valid_for: Duration,
+}
+
+/// Parses a token response (`token` or `access_token`, `expires_in`) from `url`.
+pub(crate) fn parse_token_response(url: &str, body: &[u8]) -> Result<ParsedToken, RegistryError> {
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        access_token: Option<String>,
+        #[serde(default)]
+        expires_in: Option<u64>,
+    }
+    let parsed: TokenResponse = parse_json(url, "token response", body)?;
+    let value = parsed
+        .token
+        .filter(|t| !t.is_empty())
+        .or(parsed.access_token.filter(|t| !t.is_empty()))
+        .ok_or_else(|| RegistryError::Protocol {
+            url: url.to_string(),
+            detail: "token response has no token".into(),
+        })?;
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RegistryError::Protocol {
+            url: url.to_string(),
+            detail: "token contains invalid characters".into(),
+        });
+    }
+    let lifetime = parsed
+        .expires_in
+        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+        .clamp(DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME);
+    // Renew a little early so a token does not expire between our check and its use.
+    let margin = (lifetime / 10).min(Duration::from_secs(30));
+    Ok(ParsedToken {
+        value,
+        valid_for: lifetime - margin,
+    })
+}
+
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     url: &str,
     what: &str,
@@ -784,6 +871,41 @@ mod tests {
             "repository%3Aa%2Fb%3Apull"
         );
         assert_eq!(encode_query("registry.docker.io"), "registry.docker.io");
+    }
+
+    #[test]
+    fn token_responses() {
+        let parse = |body: &str| parse_token_response("u", body.as_bytes());
+        let t = parse(r#"{"token":"abc","expires_in":300}"#).expect("token");
+        assert_eq!(t.value, "abc");
+        assert_eq!(t.valid_for, Duration::from_secs(270));
+        let t = parse(r#"{"token":"","access_token":"xyz"}"#).expect("access_token");
+        assert_eq!(t.value, "xyz");
+        assert_eq!(
+            t.valid_for,
+            Duration::from_secs(54),
+            "60 s by default, less 10%"
+        );
+        let t = parse(r#"{"token":"a","expires_in":1}"#).expect("short");
+        assert_eq!(
+            t.valid_for,
+            Duration::from_secs(54),
+            "never below the spec's minimum"
+        );
+        let t = parse(r#"{"token":"a","expires_in":18446744073709551615}"#).expect("long");
+        assert_eq!(t.valid_for, MAX_TOKEN_LIFETIME - Duration::from_secs(30));
+        for bad in [
+            "{}",
+            r#"{"token":""}"#,
+            r#"{"token":"a b"}"#,
+            r#"{"token":"a
+b"}"#,
+            r#"{"token":"a","expires_in":-1}"#,
+            "not json",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, RegistryError::Protocol { .. }), "{bad}: {e:?}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum RegistryError {
     /// Authentication failed or is needed.
     #[error(
         "wrong or missing credentials for {registry}: {reason}; \
-         pass --creds USER:PASS or run `docker login {registry}`"
+         pass --creds {registry}=USER:PASS or run `docker login {registry}`"
     )]
     Unauthorized { registry: String, reason: String },
 
@@ -106,6 +106,15 @@ pub enum RegistryError {
         source: io::Error,
     },
 
+    /// A redirect that is not followed: to a scheme other than http(s), from https down to
+    /// http, to a URL with credentials in it, or one hop too many.
+    #[error("refusing the redirect from {url} to {location:?}: {reason}")]
+    Redirect {
+        url: String,
+        location: String,
+        reason: String,
+    },
+
     /// The registry answered something malformed (JSON, headers, ranges).
     #[error("malformed response from {url}: {detail}")]
     Protocol { url: String, detail: String },
@@ -139,6 +148,7 @@ impl RegistryError {
             | RegistryError::DigestMismatch { .. }
             | RegistryError::SizeMismatch { .. }
             | RegistryError::TooLarge { .. }
+            | RegistryError::Redirect { .. }
             | RegistryError::Protocol { .. }
             | RegistryError::Credentials { .. }
             | RegistryError::InvalidOptions { .. } => false,

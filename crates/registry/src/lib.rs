@@ -8,9 +8,12 @@
 //!   entry is chosen for one.
 //! - [`Client`]: a blocking OCI distribution client on `ureq`, shared by threads (one connection
 //!   pool, one token cache). It answers `WWW-Authenticate` challenges (anonymous, HTTP basic,
-//!   bearer tokens, renewing expired tokens), finds credentials (`--creds`, containers
-//!   `auth.json`, docker `config.json` and credential helpers), retries transient failures with
-//!   capped backoff, and counts what it does ([`StatsSnapshot`]).
+//!   bearer tokens, renewing expired tokens), finds credentials (explicit ones bound to one
+//!   registry, [`RegistryCredentials`]; else containers `auth.json`, docker `config.json` and
+//!   credential helpers), follows redirects itself (at most 10; `Authorization` only within the
+//!   origin it was sent to, so object storage never sees registry credentials; no https→http
+//!   downgrade), retries transient failures with capped backoff, and counts what it does
+//!   ([`StatsSnapshot`]).
 //! - [`Client::resolve`]: reference + platform → [`ResolvedImage`]: the image manifest (picked
 //!   from an index), the raw image config and the layer table with compression and diff_ids,
 //!   every piece digest-verified.
@@ -24,7 +27,9 @@
 //! Nothing is written to disk.
 //!
 //! Registry responses are untrusted input: they never cause a panic, and what is held in memory
-//! is capped (manifests and configs 8 MiB, token responses 1 MiB, error bodies 64 KiB).
+//! is capped (manifests and configs 8 MiB, token responses 1 MiB, error bodies 64 KiB). Their
+//! parsers are fuzzed (`fuzz/`: `registry_manifest`, `registry_auth`, through the hidden
+//! `fuzzing` module).
 //!
 //! # Example
 //!
@@ -49,8 +54,11 @@ mod auth;
 mod blob;
 mod client;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifest;
 mod platform;
+mod redirect;
 mod reference;
 mod resolve;
 mod retry;
@@ -60,7 +68,7 @@ mod tests;
 #[cfg(test)]
 mod testserver;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, RegistryCredentials};
 pub use blob::BlobReader;
 pub use client::{Client, ClientOptions, Stats, StatsSnapshot};
 pub use error::RegistryError;

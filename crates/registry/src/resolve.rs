@@ -63,41 +63,20 @@ impl Client {
                 (digest, media_type, top.body, top.url, None)
             }
             ManifestKind::Index => {
-                let index: ImageIndex = parse_json(&top.url, "image index", &top.body)?;
-                let (desc, selected) = select_platform(&name, &index, platform)?;
-                check_digest(&desc.digest).map_err(|reason| RegistryError::Protocol {
-                    url: top.url.clone(),
-                    detail: format!("index entry digest {:?} {reason}", desc.digest),
-                })?;
-                if desc.size > MAX_MANIFEST {
-                    return Err(RegistryError::TooLarge {
-                        what: format!("manifest {} of {name}", desc.digest),
-                        limit: MAX_MANIFEST,
-                    });
-                }
+                let (desc, selected) = choose_from_index(&name, &top.url, &top.body, platform)?;
                 let child = self.get_manifest(reference, &desc.digest)?;
                 let what = format!("manifest {} of {name}", desc.digest);
                 verify_digest(&what, &desc.digest, &child.body)?;
                 check_size(&what, desc.size, child.body.len() as u64)?;
-                let content_type = child
-                    .content_type
-                    .clone()
-                    .or_else(|| Some(desc.media_type.clone()));
-                let (child_type, child_kind) = manifest::classify_manifest(
+                let child_type = index_child_media_type(
                     &name,
                     &child.url,
                     &child.body,
-                    content_type.as_deref(),
+                    child.content_type.as_deref(),
+                    &desc,
                 )?;
-                if child_kind != ManifestKind::Image {
-                    return Err(RegistryError::UnsupportedMediaType {
-                        reference: name,
-                        media_type: child_type,
-                        hint: "an image index inside an image index is not supported".into(),
-                    });
-                }
                 (
-                    desc.digest.clone(),
+                    desc.digest,
                     child_type,
                     child.body,
                     child.url,
@@ -106,71 +85,22 @@ impl Client {
             }
         };
 
-        let image: ImageManifest = parse_json(&url, "image manifest", &manifest_bytes)?;
-        manifest::check_config_media_type(&name, &image.config.media_type)?;
+        let image = image_manifest(&name, &url, &manifest_bytes)?;
         let config_digest = image.config.digest.clone();
-        check_digest(&config_digest).map_err(|reason| RegistryError::Protocol {
-            url: url.clone(),
-            detail: format!("config digest {config_digest:?} {reason}"),
-        })?;
         let what = format!("config {config_digest} of {name}");
-        if image.config.size > MAX_MANIFEST {
-            return Err(RegistryError::TooLarge {
-                what,
-                limit: MAX_MANIFEST,
-            });
-        }
         let config = self.get_small_blob(reference, &config_digest, &what)?;
         check_size(&what, image.config.size, config.len() as u64)?;
         verify_digest(&what, &config_digest, &config)?;
         let config_url = self.blob_url(reference, &config_digest);
-        let parsed: ImageConfig = parse_json(&config_url, "image config", &config)?;
-
-        let config_platform = Platform {
-            os: parsed.os.clone(),
-            architecture: parsed.architecture.clone(),
-            variant: parsed.variant.clone().filter(|v| !v.is_empty()),
-        };
-        let platform = match index_platform {
-            Some(p) => p,
-            None => {
-                if !platform.matches(&config_platform) {
-                    tracing::warn!(reference = %name, wanted = %platform, image = %config_platform,
-                        "the image is single-platform and does not match the requested platform");
-                }
-                config_platform
-            }
-        };
-
-        if parsed.rootfs.diff_ids.len() != image.layers.len() {
-            return Err(RegistryError::Protocol {
-                url: config_url,
-                detail: format!(
-                    "the config lists {} diff_ids but the manifest has {} layers",
-                    parsed.rootfs.diff_ids.len(),
-                    image.layers.len()
-                ),
-            });
-        }
-        let mut layers = Vec::with_capacity(image.layers.len());
-        for (layer, diff_id) in image.layers.iter().zip(&parsed.rootfs.diff_ids) {
-            check_digest(&layer.digest).map_err(|reason| RegistryError::Protocol {
-                url: url.clone(),
-                detail: format!("layer digest {:?} {reason}", layer.digest),
-            })?;
-            check_digest(diff_id).map_err(|reason| RegistryError::Protocol {
-                url: config_url.clone(),
-                detail: format!("diff_id {diff_id:?} {reason}"),
-            })?;
-            let compression = manifest::layer_compression(&name, layer)?;
-            layers.push(LayerDescriptor {
-                digest: layer.digest.clone(),
-                media_type: layer.media_type.clone(),
-                size: layer.size,
-                compression,
-                diff_id: diff_id.clone(),
-            });
-        }
+        let (platform, layers) = layer_table(
+            &name,
+            &url,
+            &image,
+            &config_url,
+            &config,
+            platform,
+            index_platform,
+        )?;
 
         Ok(ResolvedImage {
             reference: reference.clone(),
@@ -255,6 +185,132 @@ struct Fetched {
     content_type: Option<String>,
     header_digest: Option<String>,
     url: String,
+}
+
+/// The entry of an image index (or Docker manifest list) to use for `wanted`, and its
+/// platform: the body parsed, the platform chosen, the entry's digest and size checked.
+pub(crate) fn choose_from_index(
+    name: &str,
+    url: &str,
+    body: &[u8],
+    wanted: &Platform,
+) -> Result<(manifest::Descriptor, Platform), RegistryError> {
+    let index: ImageIndex = parse_json(url, "image index", body)?;
+    let (desc, selected) = select_platform(name, &index, wanted)?;
+    check_digest(&desc.digest).map_err(|reason| RegistryError::Protocol {
+        url: url.to_string(),
+        detail: format!("index entry digest {:?} {reason}", desc.digest),
+    })?;
+    if desc.size > MAX_MANIFEST {
+        return Err(RegistryError::TooLarge {
+            what: format!("manifest {} of {name}", desc.digest),
+            limit: MAX_MANIFEST,
+        });
+    }
+    Ok((desc.clone(), selected))
+}
+
+/// The media type of the manifest an index entry `desc` led to (its `Content-Type`, else the
+/// entry's media type); it must be an image manifest, not another index.
+pub(crate) fn index_child_media_type(
+    name: &str,
+    url: &str,
+    body: &[u8],
+    content_type: Option<&str>,
+    desc: &manifest::Descriptor,
+) -> Result<String, RegistryError> {
+    let content_type = content_type.or(Some(desc.media_type.as_str()));
+    let (child_type, child_kind) = manifest::classify_manifest(name, url, body, content_type)?;
+    if child_kind != ManifestKind::Image {
+        return Err(RegistryError::UnsupportedMediaType {
+            reference: name.to_string(),
+            media_type: child_type,
+            hint: "an image index inside an image index is not supported".into(),
+        });
+    }
+    Ok(child_type)
+}
+
+/// An image manifest parsed, with its config descriptor checked (media type, digest, size).
+pub(crate) fn image_manifest(
+    name: &str,
+    url: &str,
+    body: &[u8],
+) -> Result<ImageManifest, RegistryError> {
+    let image: ImageManifest = parse_json(url, "image manifest", body)?;
+    manifest::check_config_media_type(name, &image.config.media_type)?;
+    let config_digest = &image.config.digest;
+    check_digest(config_digest).map_err(|reason| RegistryError::Protocol {
+        url: url.to_string(),
+        detail: format!("config digest {config_digest:?} {reason}"),
+    })?;
+    if image.config.size > MAX_MANIFEST {
+        return Err(RegistryError::TooLarge {
+            what: format!("config {config_digest} of {name}"),
+            limit: MAX_MANIFEST,
+        });
+    }
+    Ok(image)
+}
+
+/// The image's platform and layer table from its manifest and config: the config's platform
+/// unless an index entry chose one, every layer's digest, compression and diff_id checked.
+pub(crate) fn layer_table(
+    name: &str,
+    manifest_url: &str,
+    image: &ImageManifest,
+    config_url: &str,
+    config: &[u8],
+    wanted: &Platform,
+    index_platform: Option<Platform>,
+) -> Result<(Platform, Vec<LayerDescriptor>), RegistryError> {
+    let parsed: ImageConfig = parse_json(config_url, "image config", config)?;
+    let config_platform = Platform {
+        os: parsed.os.clone(),
+        architecture: parsed.architecture.clone(),
+        variant: parsed.variant.clone().filter(|v| !v.is_empty()),
+    };
+    let platform = match index_platform {
+        Some(p) => p,
+        None => {
+            if !wanted.matches(&config_platform) {
+                tracing::warn!(reference = %name, wanted = %wanted, image = %config_platform,
+                    "the image is single-platform and does not match the requested platform");
+            }
+            config_platform
+        }
+    };
+
+    if parsed.rootfs.diff_ids.len() != image.layers.len() {
+        return Err(RegistryError::Protocol {
+            url: config_url.to_string(),
+            detail: format!(
+                "the config lists {} diff_ids but the manifest has {} layers",
+                parsed.rootfs.diff_ids.len(),
+                image.layers.len()
+            ),
+        });
+    }
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (layer, diff_id) in image.layers.iter().zip(&parsed.rootfs.diff_ids) {
+        check_digest(&layer.digest).map_err(|reason| RegistryError::Protocol {
+            url: manifest_url.to_string(),
+            detail: format!("layer digest {:?} {reason}", layer.digest),
+        })?;
+        check_digest(diff_id).map_err(|reason| RegistryError::Protocol {
+            url: config_url.to_string(),
+            detail: format!("diff_id {diff_id:?} {reason}"),
+        })?;
+        let compression = manifest::layer_compression(name, layer)?;
+        layers.push(LayerDescriptor {
+            digest: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+            size: layer.size,
+            compression,
+            diff_id: diff_id.clone(),
+        });
+    }
+    Ok((platform, layers))
 }
 
 fn select_platform<'a>(

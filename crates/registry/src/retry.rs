@@ -112,7 +112,7 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (IMF-fixdate: a four-digit year).
 fn parse_http_date(s: &str) -> Option<SystemTime> {
     let rest = s.split_once(", ")?.1;
     let mut it = rest.split(' ');
@@ -141,7 +141,7 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
         || h > 23
         || m > 59
         || sec > 60
-        || year < 1970
+        || !(1970..=9999).contains(&year)
     {
         return None;
     }
@@ -153,7 +153,7 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     let doy = (153 * mp + 2) / 5 + day as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + sec))
+    UNIX_EPOCH.checked_add(Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + sec))
 }
 
 #[cfg(test)]
@@ -237,6 +237,10 @@ mod tests {
             parse_retry_after("Tue, 29 Feb 2000 00:00:01 GMT", UNIX_EPOCH),
             Some(Duration::from_secs(951_782_401))
         );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", UNIX_EPOCH),
+            Some(Duration::from_secs(253_402_300_799))
+        );
         for bad in [
             "",
             "-1",
@@ -244,6 +248,13 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37",
             "Sun, 32 Nov 1994 08:49:37 GMT",
             "Sun, 06 Foo 1994 08:49:37 GMT",
+            // Years past 9999 once overflowed the date arithmetic or SystemTime (a panic on a
+            // registry's header; found by fuzz/registry_auth).
+            "Sun, 06 Nov 10000 08:49:37 GMT",
+            "Sun, 06 Nov 300000000000 08:49:37 GMT",
+            "Sun, 06 Nov 99999999999999 08:49:37 GMT",
+            "Sun, 06 Nov 9223372036854775807 08:49:37 GMT",
+            "Sun, 26 Jun 2320542625802778223 23:39:42 GMT",
         ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad}");
         }

@@ -42,6 +42,11 @@ fn creds() -> Credentials {
     }
 }
 
+/// `creds()`, given explicitly for the registry `server` is.
+fn creds_for(server: &TestServer) -> Option<RegistryCredentials> {
+    Some(RegistryCredentials::new(server.host(), creds()))
+}
+
 /// A multi-platform image held in memory: path → (content type, body).
 struct Image {
     files: HashMap<String, (String, Vec<u8>)>,
@@ -410,7 +415,7 @@ fn bearer_token_and_expired_token_renewal() {
     let img = Arc::new(image());
     let reg = bearer_registry(img.clone());
     let c = client(ClientOptions {
-        creds: Some(creds()),
+        creds: creds_for(&reg.server),
         ..options()
     });
     let r = reference(&reg.server, "latest");
@@ -508,7 +513,7 @@ fn basic_auth() {
     assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e:?}");
 
     let c = client(ClientOptions {
-        creds: Some(creds()),
+        creds: creds_for(&server),
         ..options()
     });
     c.resolve(&r, &amd64()).expect("resolve with basic");
@@ -521,10 +526,13 @@ fn basic_auth() {
     );
 
     let wrong = client(ClientOptions {
-        creds: Some(Credentials {
-            username: "alice".into(),
-            password: "nope".into(),
-        }),
+        creds: Some(RegistryCredentials::new(
+            server.host(),
+            Credentials {
+                username: "alice".into(),
+                password: "nope".into(),
+            },
+        )),
         ..options()
     });
     let e = wrong.resolve(&r, &amd64()).unwrap_err();
@@ -805,7 +813,7 @@ fn redirect_keeps_range_and_drops_authorization() {
         serve_file(&files.files, req, true)
     });
     let c = client(ClientOptions {
-        creds: Some(creds()),
+        creds: creds_for(&server),
         ..options()
     });
     let r = reference(&server, "latest");
@@ -824,4 +832,329 @@ fn redirect_keeps_range_and_drops_authorization() {
     let mut out = Vec::new();
     reader.read_to_end(&mut out).expect("read");
     assert!(out == img.layer);
+}
+
+/// A registry on 127.0.0.1 that wants `creds()` (HTTP basic) for everything, serving `img`, and
+/// answering blob GETs with whatever `redirect(digest)` says instead, when it says something.
+fn basic_registry_redirecting(
+    img: Arc<Image>,
+    redirect: impl Fn(&str) -> Option<Response> + Send + Sync + 'static,
+) -> TestServer {
+    TestServer::start(move |req| {
+        if req.header("authorization") != Some(creds().basic_header().as_str()) {
+            return Response::new(401).header("WWW-Authenticate", r#"Basic realm="r""#);
+        }
+        if let Some(resp) = req
+            .path
+            .strip_prefix("/v2/test/app/blobs/")
+            .and_then(&redirect)
+        {
+            return resp;
+        }
+        let path = req.path.replace("/moved/", "/v2/test/app/blobs/");
+        serve_file(
+            &img.files,
+            &Request {
+                path,
+                headers: req.headers.clone(),
+            },
+            true,
+        )
+    })
+}
+
+/// Object storage: serves the image's blobs under `/storage/<digest>` to anyone.
+fn storage_server(img: Arc<Image>) -> TestServer {
+    TestServer::start(move |req| {
+        let path = req.path.replace("/storage/", "/v2/test/app/blobs/");
+        serve_file(
+            &img.files,
+            &Request {
+                path,
+                headers: req.headers.clone(),
+            },
+            true,
+        )
+    })
+}
+
+#[test]
+fn redirect_to_another_port_drops_authorization() {
+    let img = Arc::new(image());
+    // Same host, another port: another origin.
+    let storage = storage_server(img.clone());
+    let storage_host = storage.host();
+    let server = basic_registry_redirecting(img.clone(), move |digest| {
+        Some(Response::new(307).header(
+            "Location",
+            format!("http://{storage_host}/storage/{digest}"),
+        ))
+    });
+    let c = client(ClientOptions {
+        creds: creds_for(&server),
+        ..options()
+    });
+    let r = reference(&server, "latest");
+    let got = c
+        .fetch_range(&r, &img.layer_digest, 7..77)
+        .expect("range via redirect");
+    assert_eq!(got, &img.layer[7..77]);
+    let at_storage = storage.requests();
+    assert_eq!(at_storage.len(), 1, "{at_storage:#?}");
+    assert_eq!(at_storage[0].header("range"), Some("bytes=7-76"));
+    assert_eq!(at_storage[0].header("authorization"), None);
+    // The registry itself did get the credentials.
+    let at_registry = server.requests();
+    let last = at_registry.last().expect("request");
+    assert!(last.path.contains("/blobs/"), "{last:?}");
+    assert_eq!(
+        last.header("authorization"),
+        Some(creds().basic_header().as_str())
+    );
+
+    let mut reader = c
+        .blob_reader(&r, &img.layer_digest, img.layer.len() as u64)
+        .expect("open");
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).expect("read");
+    assert!(out == img.layer);
+    assert!(storage
+        .requests()
+        .iter()
+        .all(|q| q.header("authorization").is_none()));
+    // A manifest fetched through the same client still carries them (nothing was forgotten).
+    c.resolve(&r, &amd64()).expect("resolve");
+}
+
+#[test]
+fn same_origin_relative_redirect_keeps_authorization_and_range() {
+    let img = Arc::new(image());
+    let server = basic_registry_redirecting(img.clone(), |digest| {
+        // Relative to /v2/test/app/blobs/<digest>: /moved/<digest>, same origin.
+        (!digest.starts_with("done"))
+            .then(|| Response::new(302).header("Location", format!("../../../../moved/{digest}")))
+    });
+    let c = client(ClientOptions {
+        creds: creds_for(&server),
+        ..options()
+    });
+    let r = reference(&server, "latest");
+    let got = c
+        .fetch_range(&r, &img.layer_digest, 100..200)
+        .expect("range via a relative redirect");
+    assert_eq!(got, &img.layer[100..200]);
+    let moved: Vec<Request> = server
+        .requests()
+        .into_iter()
+        .filter(|q| q.path.starts_with("/moved/"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:#?}");
+    assert_eq!(moved[0].path, format!("/moved/{}", img.layer_digest));
+    assert_eq!(moved[0].header("range"), Some("bytes=100-199"));
+    assert_eq!(
+        moved[0].header("authorization"),
+        Some(creds().basic_header().as_str())
+    );
+}
+
+#[test]
+fn too_many_redirects_is_a_clear_error() {
+    let hops = Arc::new(AtomicUsize::new(0));
+    let n = hops.clone();
+    let server = TestServer::start(move |_| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        Response::new(302).header("Location", format!("/loop/{i}"))
+    });
+    let c = client(options());
+    let digest = sha256_digest(b"x");
+    let e = c
+        .fetch_range(&reference(&server, "t"), &digest, 0..10)
+        .unwrap_err();
+    match &e {
+        RegistryError::Redirect { url, location, .. } => {
+            assert!(url.ends_with("/loop/9"), "{url}");
+            assert_eq!(location, "/loop/10");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("more than 10 redirects"), "{e}");
+    assert!(!e.is_transient());
+    assert_eq!(
+        server.requests().len(),
+        11,
+        "the first request and 10 redirects"
+    );
+    assert_eq!(c.stats().retries, 0);
+    assert_eq!(c.stats().requests, 1, "redirects followed count once");
+}
+
+#[test]
+fn redirects_to_other_schemes_or_nowhere_are_refused() {
+    let server = TestServer::start(|req| match req.path.as_str() {
+        p if p.ends_with("/ftp") => Response::new(307).header("Location", "ftp://127.0.0.1/blob"),
+        p if p.ends_with("/file") => Response::new(301).header("Location", "file:///etc/passwd"),
+        _ => Response::new(302),
+    });
+    let c = client(options());
+    for (tag, want) in [("ftp", "\"ftp\""), ("file", "\"file\"")] {
+        let e = c.resolve(&reference(&server, tag), &amd64()).unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Redirect { .. }) && e.to_string().contains(want),
+            "{e}"
+        );
+        assert!(e.to_string().contains("only http and https"), "{e}");
+    }
+    let e = c
+        .resolve(&reference(&server, "nowhere"), &amd64())
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::Protocol { ref detail, .. } if detail.contains("Location")),
+        "{e}"
+    );
+    assert_eq!(server.requests().len(), 3, "no retries");
+}
+
+#[test]
+fn challenge_from_a_redirect_target_is_not_answered() {
+    // The registry redirects blobs to another origin, which asks for a bearer token from a
+    // token service of its choosing: the registry's credentials must not go there.
+    let img = Arc::new(image());
+    let port = Arc::new(Mutex::new(0u16));
+    let p = port.clone();
+    let elsewhere = TestServer::start(move |req| {
+        if req.path.starts_with("/token") {
+            return Response::new(200).body(r#"{"token":"t"}"#);
+        }
+        Response::new(401).header(
+            "WWW-Authenticate",
+            format!(
+                r#"Bearer realm="http://127.0.0.1:{}/token",service="s""#,
+                p.lock().expect("lock")
+            ),
+        )
+    });
+    *port.lock().expect("lock") = elsewhere.port();
+    let elsewhere_host = elsewhere.host();
+    let server = basic_registry_redirecting(img.clone(), move |digest| {
+        Some(Response::new(307).header("Location", format!("http://{elsewhere_host}/b/{digest}")))
+    });
+    let c = client(ClientOptions {
+        creds: creds_for(&server),
+        ..options()
+    });
+    let e = c
+        .fetch_range(&reference(&server, "latest"), &img.layer_digest, 0..10)
+        .unwrap_err();
+    match &e {
+        RegistryError::Http {
+            status: 401,
+            url,
+            message,
+        } => {
+            assert!(url.contains(&elsewhere.host()), "{url}");
+            assert!(
+                message.contains("never sent to another origin"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let seen = elsewhere.requests();
+    assert!(
+        seen.iter().all(|q| !q.path.starts_with("/token")),
+        "{seen:#?}"
+    );
+    assert!(seen.iter().all(|q| q.header("authorization").is_none()));
+}
+
+#[test]
+fn explicit_credentials_are_only_for_their_registry() {
+    let bob = Credentials {
+        username: "bob".into(),
+        password: "b0b".into(),
+    };
+    let img = Arc::new(image());
+    let registry_a = basic_registry_redirecting(img.clone(), |_| None);
+    let want = bob.basic_header();
+    let files = img.clone();
+    let registry_b = TestServer::start(move |req| {
+        if req.header("authorization") != Some(want.as_str()) {
+            return Response::new(401).header("WWW-Authenticate", r#"Basic realm="b""#);
+        }
+        serve_file(&files.files, req, true)
+    });
+    let opts = ClientOptions {
+        creds: creds_for(&registry_a),
+        ..options()
+    };
+
+    // No auth files: B gets no credentials at all, and says so.
+    let c = client(opts.clone());
+    c.resolve(&reference(&registry_a, "latest"), &amd64())
+        .expect("A with its credentials");
+    let e = c
+        .resolve(&reference(&registry_b, "latest"), &amd64())
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::Unauthorized { ref reason, .. } if reason.contains("anonymous")),
+        "{e:?}"
+    );
+    assert!(
+        registry_b
+            .requests()
+            .iter()
+            .all(|q| q.header("authorization").is_none()),
+        "A's credentials reached B"
+    );
+
+    // With an auth file that knows B, B gets what it says.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth_file = dir.path().join("auth.json");
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("bob:b0b")
+    };
+    std::fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{encoded}"}}}}}}"#,
+            registry_b.host()
+        ),
+    )
+    .expect("write auth file");
+    let env = CredEnv {
+        registry_auth_file: Some(auth_file),
+        ..CredEnv::default()
+    };
+    let c = Client::with_cred_env(opts, env).expect("client");
+    c.resolve(&reference(&registry_b, "latest"), &amd64())
+        .expect("B with the auth file's credentials");
+    c.resolve(&reference(&registry_a, "latest"), &amd64())
+        .expect("A still with its own");
+    let alice = creds().basic_header();
+    assert!(registry_b
+        .requests()
+        .iter()
+        .all(|q| q.header("authorization") != Some(alice.as_str())));
+}
+
+#[test]
+fn fuzzing_entry_points_resolve_like_the_client() {
+    let img = image();
+    let (_, index) = &img.files["/v2/test/app/manifests/latest"];
+    let (_, manifest) = &img.files[&format!("/v2/test/app/manifests/{}", img.amd64_digest)];
+    let (_, config) = &img.files[&format!("/v2/test/app/blobs/{}", img.config_digest)];
+    let resolved = fuzzing::resolve_bytes(index, Some(OCI_INDEX), manifest, None, config, &amd64())
+        .expect("resolve");
+    assert_eq!(resolved.media_type, OCI_MANIFEST);
+    assert_eq!(resolved.platform.to_string(), "linux/amd64");
+    assert_eq!(resolved.layers.len(), 2);
+    assert_eq!(resolved.layers[0].digest, img.layer_digest);
+    assert_eq!(resolved.layers[0].compression, Compression::Gzip);
+    // A single manifest: the config's platform.
+    let single = fuzzing::resolve_bytes(manifest, None, b"", None, config, &amd64())
+        .expect("single manifest");
+    assert_eq!(single.platform.to_string(), "linux/amd64");
+    let e = fuzzing::resolve_bytes(index, None, index, None, config, &amd64()).unwrap_err();
+    assert!(e.to_string().contains("inside an image index"), "{e}");
 }
