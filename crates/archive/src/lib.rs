@@ -105,7 +105,7 @@ mod writer;
 pub use error::ArchiveError;
 pub use model::{
     Compression, DataLocation, FileType, ImageMeta, Ino, Inode, Layer, LayerInfo, Platform, Span,
-    Tree, Window, ROOT_INO,
+    Tree, Window, OVERLAYFS_PRIVATE_XATTRS, ROOT_INO,
 };
 pub use reader::{Archive, DirEntries, InodeRef, SectionSizes, SpanInfo, SpanTable, Walk};
 pub use writer::write_archive;

@@ -10,6 +10,20 @@ pub type Ino = u64;
 /// The root directory's inode number.
 pub const ROOT_INO: Ino = 1;
 
+/// Extended attributes by which overlayfs keeps its own bookkeeping on a layer: an image must
+/// not carry them into a container's overlay (they would make it hide or redirect content of
+/// the layers below). `umoci unpack` drops them ("ignoring forbidden xattr"), `clip index` does
+/// not record them, and a mount never shows them, whatever an index says.
+pub const OVERLAYFS_PRIVATE_XATTRS: &[&[u8]] = &[
+    b"trusted.overlay.opaque",
+    b"trusted.overlay.redirect",
+    b"trusted.overlay.origin",
+    b"trusted.overlay.impure",
+    b"trusted.overlay.nlink",
+    b"trusted.overlay.upper",
+    b"trusted.overlay.metacopy",
+];
+
 /// The platform an image manifest was chosen for (`linux/arm64/v8`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {

@@ -247,10 +247,7 @@ fn overlay_xattrs_of_the_image_do_not_steer_overlayfs() {
     let d = parsed.resolve("/d").unwrap().unwrap() as usize - 1;
     let r = parsed.resolve("/r").unwrap().unwrap() as usize - 1;
     let (meta, layers, mut tree) = decompose(&parsed).unwrap();
-    tree.inodes[d].xattrs = vec![
-        (b"trusted.overlay.opaque".to_vec(), b"y".to_vec()),
-        (b"user.overlay.opaque".to_vec(), b"y".to_vec()),
-    ];
+    tree.inodes[d].xattrs = vec![(b"trusted.overlay.opaque".to_vec(), b"y".to_vec())];
     tree.inodes[r].xattrs = vec![(b"trusted.overlay.redirect".to_vec(), b"/d".to_vec())];
     let steering = scratch.path("steering.clip");
     std::fs::write(&steering, write_archive(&meta, &layers, &tree).unwrap()).unwrap();

@@ -460,13 +460,12 @@ impl Iterator for ReadDir<'_> {
 }
 
 /// How many bytes a read of `want` at `offset` gets from a file of `size` bytes.
-/// Extended attributes that steer an overlay filesystem stacked on the mount
-/// (`trusted.overlay.opaque`, `trusted.overlay.redirect`, their `user.overlay.*` twins, ...).
-/// They are never shown: an image must not decide what overlayfs does with the layers of a
-/// container built on it (`umoci unpack` drops them too, and `clip index` does not record
-/// them; this covers indexes made otherwise).
+/// Extended attributes that would steer an overlay filesystem stacked on the mount (opaque
+/// directories, redirects...: [`clip_archive::OVERLAYFS_PRIVATE_XATTRS`]): never shown, whatever
+/// the index says. An image must not decide what overlayfs does with the layers of a container
+/// built on it (`umoci unpack` drops them too, and `clip index` does not record them).
 fn is_hidden_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    clip_archive::OVERLAYFS_PRIVATE_XATTRS.contains(&name)
 }
 
 fn read_len(size: u64, offset: u64, want: u64) -> usize {

@@ -102,19 +102,13 @@ pub fn is_runtime_path(path: &[Vec<u8>]) -> bool {
     )
 }
 
-/// Extended attributes umoci never sets ("ignoring forbidden xattr"): host-specific labels
-/// and overlayfs bookkeeping.
-const FORBIDDEN_XATTRS: &[&[u8]] = &[
-    b"security.selinux",
-    b"system.nfs4_acl",
-    b"trusted.overlay.opaque",
-    b"trusted.overlay.redirect",
-    b"trusted.overlay.origin",
-    b"trusted.overlay.impure",
-    b"trusted.overlay.nlink",
-    b"trusted.overlay.upper",
-    b"trusted.overlay.metacopy",
-];
+/// Extended attributes umoci never sets ("ignoring forbidden xattr"): host-specific labels,
+/// and overlayfs bookkeeping ([`clip_archive::OVERLAYFS_PRIVATE_XATTRS`]).
+fn is_forbidden_xattr(name: &[u8]) -> bool {
+    name == b"security.selinux"
+        || name == b"system.nfs4_acl"
+        || clip_archive::OVERLAYFS_PRIVATE_XATTRS.contains(&name)
+}
 
 /// The longest xattr name Linux accepts (`XATTR_NAME_MAX`).
 const XATTR_NAME_MAX: usize = 255;
@@ -315,7 +309,7 @@ fn xattr_policy(
     let mut out = Vec::with_capacity(xattrs.len());
     for (name, value) in xattrs {
         let shown = || excerpt(name);
-        if FORBIDDEN_XATTRS.contains(&name.as_slice()) {
+        if is_forbidden_xattr(name) {
             dropped.count += 1;
             dropped
                 .example
