@@ -297,7 +297,7 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
     );
     fetcher.check_registry().with_context(|| {
         format!(
-            "the registry of {} cannot be reached; not mounting",
+            "checking the registry of {} before mounting",
             meta.reference
         )
     })?;

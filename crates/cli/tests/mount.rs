@@ -732,7 +732,8 @@ fn mount_errors_leave_no_mount_behind() {
     let err = Mount::try_start(&archive, &m3, &cache, &["--read-timeout", "2"])
         .err()
         .expect("must fail");
-    assert!(err.contains("cannot be reached"), "{err}");
+    assert!(err.contains("checking the registry"), "{err}");
+    assert!(err.contains("is the registry reachable"), "{err}");
     assert!(!is_mounted(&m3));
 }
 

@@ -292,8 +292,9 @@ fn layer_error(image: &str, index: usize, digest: &str, source: LayerError) -> I
     // A registry failure surfacing through the stream (digest mismatch, retries exhausted)
     // is reported as what it is.
     let registry = match &source {
-        LayerError::Read(e) => find_registry_error(e),
-        LayerError::Decompress(clip_zran::ZranError::Io(e)) => find_registry_error(e),
+        LayerError::Read(e)
+        | LayerError::Tar(tar::TarError::Read { source: e, .. })
+        | LayerError::Decompress(clip_zran::ZranError::Io(e)) => find_registry_error(e),
         _ => None,
     };
     match registry {

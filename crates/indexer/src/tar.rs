@@ -100,8 +100,9 @@ impl Header {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TarError {
-    /// Reading the underlying stream failed (decompression, network).
-    #[error("{source}")]
+    /// Reading the underlying stream failed (decompression, network). The message is
+    /// completed by `source` (print the chain).
+    #[error("reading the tar stream at offset {offset} failed")]
     Read {
         /// Offset in the tar stream where the read was attempted.
         offset: u64,
