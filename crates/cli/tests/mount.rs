@@ -782,6 +782,13 @@ fn daemon_mode_stats_and_umount() {
     assert_eq!(stats["spans_fetched"], 1, "{stats}");
     let text = clip(&["stats", dir.to_str().unwrap()]).success().stdout();
     assert!(text.contains("registry requests"), "{text}");
+    // The daemon's log and its runtime directory (the stats socket's) are private.
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&log).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata("/run/clip").unwrap().mode() & 0o7777,
+        0o700
+    );
     clip(&["umount", dir.to_str().unwrap()]).success();
     drop(guard);
     assert!(!is_mounted(&dir));
