@@ -276,19 +276,11 @@ fn tar_name(path: &str, dir: bool, dot_prefix: bool) -> Vec<u8> {
 }
 
 fn pax_records(records: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (key, value) in records {
-        // "LEN KEY=VALUE\n", where LEN counts itself.
-        let rest = key.len() + value.len() + 3;
-        let mut len = rest + 1;
-        while len != rest + len.to_string().len() {
-            len = rest + len.to_string().len();
-        }
-        out.extend_from_slice(format!("{len} {key}=").as_bytes());
-        out.extend_from_slice(value);
-        out.push(b'\n');
-    }
-    out
+    let borrowed: Vec<(&str, &[u8])> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    crate::rawtar::pax_records(&borrowed)
 }
 
 struct TarWriter {
