@@ -118,7 +118,7 @@ fn content_error(e: clip_fetch::FetchError) -> ContentError {
 }
 
 /// Where mount daemons keep their stats sockets and logs: private to the user (`0700`,
-/// checked like the cache directory, see [`clip_fetch::open_private_dir`]).
+/// checked like the cache directory, see [`clip_sys::private::open_private_dir`]).
 fn runtime_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
         return PathBuf::from("/run/clip");
@@ -173,7 +173,7 @@ fn run_daemon(args: &Args) -> Result<()> {
             .mode(0o600)
             .open(log),
         None => {
-            clip_fetch::open_private_dir(&runtime_dir())?;
+            clip_sys::private::open_private_dir(&runtime_dir())?;
             // In our private directory, never through a symlink.
             std::fs::OpenOptions::new()
                 .create(true)
@@ -386,7 +386,7 @@ struct StatsServer {
 impl StatsServer {
     fn start(path: &Path, fetcher: Arc<Fetcher>) -> Result<StatsServer> {
         if let Some(parent) = path.parent() {
-            clip_fetch::open_private_dir(parent)?;
+            clip_sys::private::open_private_dir(parent)?;
         }
         // A socket left by a mount process that died is stale: replace it.
         let _ = std::fs::remove_file(path);

@@ -88,7 +88,7 @@ use std::time::{Duration, Instant};
 use clip_archive::Archive;
 use clip_registry::{Client, Reference};
 
-pub use cache::{open_private_dir, PrivateDirError};
+pub use cache::PrivateDirError;
 pub use error::FetchError;
 
 /// Where the span cache lives and how large it may grow.

@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 use ureq::http::header;
 use ureq::ResponseExt as _;
 
-use crate::client::{header_str, Failure, Req};
+use crate::client::{header_str, Failure, Method, Req};
 use crate::error::{body_io_error, Target};
 use crate::reference::check_digest;
 use crate::retry::Attempts;
@@ -339,6 +339,8 @@ impl Client {
         let req = Req {
             reference,
             url: url.to_string(),
+            method: Method::Get,
+            if_match: None,
             accept: None,
             range: Some(format!("bytes={start}-{last}")),
             target: Target::Blob {
@@ -458,6 +460,8 @@ impl Client {
         let req = Req {
             reference,
             url: self.blob_url(reference, digest),
+            method: Method::Get,
+            if_match: None,
             accept: None,
             range: (pos > 0).then(|| format!("bytes={pos}-")),
             target: Target::Blob {

@@ -187,9 +187,55 @@ impl From<RegistryError> for Failure {
 pub(crate) struct Req<'a> {
     pub(crate) reference: &'a Reference,
     pub(crate) url: String,
+    pub(crate) method: Method<'a>,
     pub(crate) accept: Option<&'static str>,
     pub(crate) range: Option<String>,
+    /// `If-Match` (a conditional write).
+    pub(crate) if_match: Option<&'a str>,
     pub(crate) target: Target<'a>,
+}
+
+impl<'a> Req<'a> {
+    /// A GET of `url` for `reference` (pull scope).
+    pub(crate) fn get(reference: &'a Reference, url: String, target: Target<'a>) -> Req<'a> {
+        Req {
+            reference,
+            url,
+            method: Method::Get,
+            accept: None,
+            range: None,
+            if_match: None,
+            target,
+        }
+    }
+}
+
+/// The HTTP method of a [`Req`], with its body. Writes ask for the push scope.
+#[derive(Clone, Copy)]
+pub(crate) enum Method<'a> {
+    Get,
+    Head,
+    /// An empty POST (starting an upload).
+    Post,
+    Put {
+        body: &'a [u8],
+        content_type: &'a str,
+    },
+}
+
+impl Method<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put { .. } => "PUT",
+        }
+    }
+
+    fn writes(&self) -> bool {
+        matches!(self, Method::Post | Method::Put { .. })
+    }
 }
 
 pub(crate) type Response = http::Response<ureq::Body>;
@@ -342,25 +388,57 @@ impl Client {
     /// to another one (blob downloads are redirected to object storage, which must not see
     /// registry credentials). The other headers (`Accept`, `Range`) follow every hop. The
     /// response's `get_uri()` is the URL that answered. Counts as one request in the stats.
-    fn send(&self, url: &str, headers: &[(&str, &str)]) -> Result<Response, Failure> {
+    fn send(
+        &self,
+        url: &str,
+        method: Method<'_>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, Failure> {
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut current = url.to_string();
         let mut with_auth = true;
         let mut hops = 0;
         loop {
-            let mut request = self.inner.agent.get(&current);
-            for (name, value) in headers {
-                if with_auth || !name.eq_ignore_ascii_case("authorization") {
-                    request = request.header(*name, *value);
-                }
-            }
-            tracing::debug!(url = %current, "GET");
-            let resp = request.call().map_err(|e| RegistryError::Transport {
+            let pass = |(name, _): &&(&str, &str)| {
+                with_auth || !name.eq_ignore_ascii_case("authorization")
+            };
+            tracing::debug!(url = %current, method = method.name());
+            let agent = &self.inner.agent;
+            let sent = match method {
+                Method::Get => headers
+                    .iter()
+                    .filter(pass)
+                    .fold(agent.get(&current), |r, (n, v)| r.header(*n, *v))
+                    .call(),
+                Method::Head => headers
+                    .iter()
+                    .filter(pass)
+                    .fold(agent.head(&current), |r, (n, v)| r.header(*n, *v))
+                    .call(),
+                Method::Post => headers
+                    .iter()
+                    .filter(pass)
+                    .fold(agent.post(&current), |r, (n, v)| r.header(*n, *v))
+                    .send_empty(),
+                Method::Put { body, content_type } => headers
+                    .iter()
+                    .filter(pass)
+                    .fold(agent.put(&current), |r, (n, v)| r.header(*n, *v))
+                    .header("Content-Type", content_type)
+                    .send(body),
+            };
+            let resp = sent.map_err(|e| RegistryError::Transport {
                 url: current.clone(),
                 source: ureq_to_io(e),
             })?;
             let status = resp.status().as_u16();
-            if !redirect::is_redirect(status) {
+            // A write follows only the redirects that keep method and body (307, 308).
+            let follow = if method.writes() {
+                matches!(status, 307 | 308)
+            } else {
+                redirect::is_redirect(status)
+            };
+            if !follow {
                 return Ok(resp);
             }
             let Some(location) = header_str(&resp, header::LOCATION) else {
@@ -397,21 +475,36 @@ impl Client {
     /// 2xx response; any other status becomes an error.
     pub(crate) fn exchange(&self, req: &Req<'_>) -> Result<Response, Failure> {
         let registry = req.reference.registry.as_str();
-        let scope = format!("repository:{}:pull", req.reference.repository);
-        let mut auth = self.preauth(registry, &scope)?;
+        let actions = if req.method.writes() {
+            "pull,push"
+        } else {
+            "pull"
+        };
+        let scope = format!("repository:{}:{actions}", req.reference.repository);
+        // Credentials and tokens go to the registry's own origin only (an upload `Location`
+        // may name another host).
+        let own_origin = redirect::same_origin(&req.url, &self.base_url(req.reference));
+        let mut auth = if own_origin {
+            self.preauth(registry, &scope)?
+        } else {
+            Auth::None
+        };
         let mut renewed = false;
         loop {
-            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3);
+            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4);
             if let Some(a) = req.accept {
                 headers.push(("Accept", a));
             }
             if let Some(r) = &req.range {
                 headers.push(("Range", r));
             }
+            if let Some(m) = req.if_match {
+                headers.push(("If-Match", m));
+            }
             if let Some(h) = auth.header() {
                 headers.push(("Authorization", h));
             }
-            let resp = self.send(&req.url, &headers)?;
+            let resp = self.send(&req.url, req.method, &headers)?;
             let status = resp.status().as_u16();
             if (200..300).contains(&status) {
                 return Ok(resp);
@@ -420,7 +513,7 @@ impl Client {
                 return Err(self.failure_from_response(&req.target, registry, resp));
             }
             let answered_by = resp.get_uri().to_string();
-            if !redirect::same_origin(&req.url, &answered_by) {
+            if !own_origin || !redirect::same_origin(&req.url, &answered_by) {
                 // Redirected elsewhere, and that server wants credentials: its challenge could
                 // name any token service, and the registry's credentials are not for it.
                 self.read_error_body(resp);
@@ -577,7 +670,7 @@ impl Client {
             headers.push(("Authorization", b.as_str()));
         }
         let user = creds.as_ref().map(|c| c.username.clone());
-        let resp = self.send(&url, &headers)?;
+        let resp = self.send(&url, Method::Get, &headers)?;
         let status = resp.status().as_u16();
         if status == 401 {
             let body = self.read_error_body(resp);
@@ -811,7 +904,7 @@ fn host_of(registry: &str) -> &str {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_query(s: &str) -> String {
+pub(crate) fn encode_query(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -50,6 +50,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod artifact;
 mod auth;
 mod blob;
 mod client;
@@ -68,6 +69,10 @@ mod tests;
 #[cfg(test)]
 mod testserver;
 
+pub use artifact::{
+    referrers_tag, Descriptor, FetchedManifest, PushedManifest, Referrers, ReferrersSource,
+    OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST,
+};
 pub use auth::{Credentials, RegistryCredentials};
 pub use blob::BlobReader;
 pub use client::{Client, ClientOptions, Stats, StatsSnapshot};

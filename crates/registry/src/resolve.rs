@@ -5,7 +5,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 use ureq::http::header;
 use ureq::ResponseExt as _;
 
-use crate::client::{header_str, parse_json, Req, MAX_MANIFEST};
+use crate::client::{header_str, parse_json, Method, Req, MAX_MANIFEST};
 use crate::error::Target;
 use crate::manifest::{
     self, ImageConfig, ImageIndex, ImageManifest, LayerDescriptor, ManifestKind,
@@ -129,6 +129,8 @@ impl Client {
             let req = Req {
                 reference,
                 url: url.clone(),
+                method: Method::Get,
+                if_match: None,
                 accept: Some(manifest::MANIFEST_ACCEPT),
                 range: None,
                 target: Target::Manifest {
@@ -165,6 +167,8 @@ impl Client {
             let req = Req {
                 reference,
                 url: url.clone(),
+                method: Method::Get,
+                if_match: None,
                 accept: None,
                 range: None,
                 target: Target::Blob {
@@ -345,7 +349,7 @@ pub(crate) fn sha256_digest(data: &[u8]) -> String {
 }
 
 /// Checks `data` against `expected` (`sha256:` or `sha512:`).
-fn verify_digest(what: &str, expected: &str, data: &[u8]) -> Result<(), RegistryError> {
+pub(crate) fn verify_digest(what: &str, expected: &str, data: &[u8]) -> Result<(), RegistryError> {
     let found = if expected.starts_with("sha512:") {
         format!("sha512:{}", hex::encode(Sha512::digest(data)))
     } else {

@@ -1,6 +1,10 @@
-//! The few unsafe system calls clip needs, each behind a safe function. Every other crate of
+//! The operating system as clip uses it: the few unsafe system calls it needs, each behind a
+//! safe function, and the rules for directories that hold private data. Every other crate of
 //! clip forbids `unsafe` (the zlib FFI of `clip-zran` aside).
 //!
+//! - [`private`]: directories only their user may use (`0700`, owner checked, refused when
+//!   others may write to them), files `0600`, and access below them that never follows a
+//!   symlink: the span cache, the index store and the runtime directory share these rules.
 //! - [`Mapping`]: a read-only memory map of a file, for the `.clip` index a mount serves: only
 //!   the pages that are used become resident, and the kernel can drop them again under memory
 //!   pressure (they are clean file pages), so a mount's memory does not grow with the parts of
@@ -11,6 +15,8 @@
 //! # What it must not touch
 //!
 //! Nothing of clip's formats or logic: it maps bytes and tunes malloc, nothing more.
+
+pub mod private;
 
 use std::fs::File;
 use std::io;

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::AtFlags;
 
-use super::dir::{self, Stat};
 use super::{lock, Inner, SpanCache, OLD_LAYOUT_DIRS, TEMP_PREFIX};
 use crate::FetchError;
+use clip_sys::private::{self as dir, Stat};
 
 /// Temp files older than this belong to a process that died.
 const STALE_TEMP: Duration = Duration::from_secs(3600);

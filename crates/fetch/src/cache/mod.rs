@@ -49,7 +49,6 @@
 //!   and `LAYOUT_DIR`. The directory of the previous layout (`v1`) is deleted by the startup
 //!   scan; spans are cheap to fetch again.
 
-mod dir;
 mod entry;
 mod evict;
 
@@ -68,7 +67,9 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 
 use crate::{CacheOptions, FetchError};
-pub use dir::{open_private_dir, PrivateDirError};
+use clip_sys::private as dir;
+use clip_sys::private::open_private_dir;
+pub use clip_sys::private::PrivateDirError;
 pub(crate) use entry::HEADER_LEN;
 
 /// The versioned top directory under the cache dir. Changing the layout is a cache format

@@ -1,6 +1,6 @@
 //! Private directories: created `0700` whatever the umask, owned by us, opened without
-//! following symlinks below the root. The same rules serve the span cache and the runtime
-//! directory of mount daemons (see [`crate::private_dir`]).
+//! following symlinks below the root. The same rules serve the span cache, the index store and
+//! the runtime directory of mount daemons.
 
 use std::fs::{self, File};
 use std::io;
@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// Mode of every directory clip keeps private data in.
-pub(crate) const DIR_MODE: u32 = 0o700;
+pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file clip keeps private data in.
-pub(crate) const FILE_MODE: u32 = 0o600;
+pub const FILE_MODE: u32 = 0o600;
 
 /// Why a directory cannot hold private data.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,7 +108,7 @@ fn check_owned_private(
 /// Opens (and with `create`, first creates) the directory `name` below `parent`, never
 /// following a symlink, and applies the rules of [`open_private_dir`]. `path` names it in
 /// messages.
-pub(crate) fn open_dir_at(
+pub fn open_dir_at(
     parent: BorrowedFd<'_>,
     name: &str,
     create: bool,
@@ -133,28 +133,36 @@ pub(crate) fn open_dir_at(
 }
 
 /// `lstat` of `name` below `dir`.
-pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Stat> {
+pub fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Stat> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(Stat::from(&st))
 }
 
 /// What we use of a `struct stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stat {
+pub struct Stat {
+    /// Device.
     pub dev: u64,
+    /// Inode number.
     pub ino: u64,
+    /// Type and permission bits.
     pub mode: u32,
+    /// Owner.
     pub uid: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time: seconds and nanoseconds.
     pub mtime: (i64, i64),
 }
 
 impl Stat {
-    pub(crate) fn is_file(&self) -> bool {
+    /// A regular file.
+    pub fn is_file(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFREG
     }
 
-    pub(crate) fn is_dir(&self) -> bool {
+    /// A directory.
+    pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
 }
@@ -175,7 +183,7 @@ impl From<&rustix::fs::Stat> for Stat {
 }
 
 /// The names in a directory (without `.` and `..`); unreadable entries are skipped.
-pub(crate) fn list(dir: BorrowedFd<'_>) -> Vec<String> {
+pub fn list(dir: BorrowedFd<'_>) -> Vec<String> {
     let mut out = Vec::new();
     let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
         return out;
@@ -193,7 +201,7 @@ pub(crate) fn list(dir: BorrowedFd<'_>) -> Vec<String> {
 
 /// Deletes `name` below `dir` and, when it is a directory, everything in it, without ever
 /// following a symlink; at most `depth` levels deep. Best effort: returns whether it is gone.
-pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &str, depth: u32) -> bool {
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &str, depth: u32) -> bool {
     let Ok(st) = stat_at(dir, name) else {
         return true;
     };
