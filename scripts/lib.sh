@@ -2,6 +2,8 @@
 # Source it; it defines start_registry and push_image, and cleans up on exit.
 
 BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/clip.XXXXXX")
+# Indexes `clip index` keeps, and anything else cached, stay in this run's scratch space.
+export CLIP_CACHE_DIR=$BENCH_TMP/clip-cache
 REGISTRY_PID=""
 cleanup() {
   if [ -n "$REGISTRY_PID" ]; then kill "$REGISTRY_PID" 2>/dev/null; wait "$REGISTRY_PID" 2>/dev/null || true; fi

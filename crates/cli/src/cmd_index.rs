@@ -1,11 +1,11 @@
-//! `clip index IMAGE OUT.clip`.
+//! `clip index IMAGE [OUT.clip] [--push]`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clip_indexer::{IndexOptions, Progress};
-use clip_registry::{Platform, Reference, RetryPolicy};
+use clip_registry::{Platform, Reference};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::units;
@@ -14,8 +14,13 @@ use crate::units;
 pub struct Args {
     /// Image reference, docker style: `alpine`, `registry:5000/app:1.2`, `app@sha256:…`.
     pub image: String,
-    /// Where to write the index.
-    pub out: PathBuf,
+    /// Where to write the index (as well as keeping it in the local index store).
+    pub out: Option<PathBuf>,
+    /// Upload the index to the image's own repository, as an OCI artifact referring to the
+    /// image manifest, where any machine finds it (`clip pull`, `clip mount IMAGE`, `clip run
+    /// IMAGE`).
+    #[arg(long)]
+    pub push: bool,
     /// Platform to pick from a multi-arch image: OS/ARCH[/VARIANT]. Default: this machine's.
     #[arg(long)]
     pub platform: Option<String>,
@@ -39,6 +44,10 @@ pub struct Args {
     /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
     #[arg(long)]
     pub insecure: bool,
+    /// The cache directory whose index store keeps a copy [default: /var/cache/clip for root,
+    /// else ~/.cache/clip].
+    #[arg(long, env = "CLIP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
@@ -53,41 +62,67 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => p.parse::<Platform>()?,
         None => Platform::host(),
     };
-    let client = crate::registry_client(
-        args.creds.as_deref(),
-        crate::creds::ImageSource::CommandLine,
-        args.insecure,
-        &reference,
-        RetryPolicy::default(),
-    )?;
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if jobs == 0 {
-        anyhow::bail!("--jobs must be at least 1");
-    }
-    if args.span < 64 * 1024 {
-        anyhow::bail!("--span must be at least 64k (a checkpoint costs up to 32 KiB of window)");
-    }
-    let opts = IndexOptions {
-        platform,
-        span: args.span,
-        jobs,
+    let source = crate::source::SourceArgs {
+        creds: args.creds.clone(),
+        insecure: args.insecure,
+        platform: None,
+        no_index: false,
+        cache_dir: args.cache_dir.clone(),
     };
+    let client = crate::source::client_for(&reference, &source)?;
+    let indexed = index(
+        &client,
+        &reference,
+        &platform,
+        Some(args.span),
+        args.jobs,
+        args.quiet,
+    )?;
 
-    let display = Display::new(args.quiet);
-    let indexed = clip_indexer::index_image(&client, &reference, &opts, &display)
-        .with_context(|| format!("indexing {reference}"))?;
-    display.clear();
-
-    write_atomically(&args.out, &indexed.archive)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    if let Some(out) = &args.out {
+        write_atomically(out, &indexed.archive)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let archive = clip_archive::Archive::open(&indexed.archive).context("reading the new index")?;
+    let meta = archive.meta();
+    let pushed = if args.push {
+        let subject = clip_store::Subject {
+            digest: meta.manifest_digest.clone(),
+            media_type: meta.manifest_media_type.clone(),
+            size: indexed.manifest_size,
+        };
+        let image = reference.with_digest(&meta.manifest_digest);
+        Some(
+            clip_store::push(&client, &image, &indexed.archive, &subject)
+                .with_context(|| format!("pushing the index of {reference}"))?,
+        )
+    } else {
+        None
+    };
+    let origin = match &pushed {
+        Some(p) => clip_store::Origin::Registry {
+            artifact: p.artifact.digest.clone(),
+        },
+        None => clip_store::Origin::Local,
+    };
+    let stored = clip_store::IndexStore::open(&source.cache_dir())
+        .and_then(|store| store.insert(&meta.manifest_digest, &indexed.archive, origin))
+        .context("keeping the index in the local store")?;
 
     let mut out = std::io::stdout().lock();
     if args.json {
         let summary = serde_json::json!({
             "image": reference.to_string(),
+            "manifest_digest": meta.manifest_digest,
             "output": args.out,
+            "stored": stored.path,
+            "pushed": pushed.as_ref().map(|p| serde_json::json!({
+                "artifact": p.artifact.digest,
+                "via": match p.via {
+                    clip_registry::ReferrersSource::Api => "referrers-api",
+                    clip_registry::ReferrersSource::TagSchema => "referrers-tag",
+                },
+            })),
             "entries": indexed.entries,
             "layers": indexed.layers,
             "index_bytes": indexed.archive.len(),
@@ -107,13 +142,56 @@ pub fn run(args: Args) -> Result<()> {
             units::bytes(indexed.compressed_bytes),
             units::rate(indexed.compressed_bytes, indexed.elapsed),
         )?;
+        if let Some(p) = &pushed {
+            writeln!(
+                out,
+                "pushed to {}/{} as artifact {} ({})",
+                reference.registry,
+                reference.repository,
+                p.artifact.digest,
+                match p.via {
+                    clip_registry::ReferrersSource::Api => "listed by the registry's referrers API",
+                    clip_registry::ReferrersSource::TagSchema => "listed in the referrers tag",
+                }
+            )?;
+        }
     }
     Ok(())
 }
 
+/// Indexes `reference` with progress on a terminal (unless `quiet`). `span` and `jobs`
+/// default to [`clip_indexer::DEFAULT_SPAN`] and the number of cores.
+pub fn index(
+    client: &clip_registry::Client,
+    reference: &Reference,
+    platform: &Platform,
+    span: Option<u64>,
+    jobs: Option<usize>,
+    quiet: bool,
+) -> Result<clip_indexer::Indexed> {
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if jobs == 0 {
+        anyhow::bail!("--jobs must be at least 1");
+    }
+    let span = span.unwrap_or(clip_indexer::DEFAULT_SPAN);
+    if span < 64 * 1024 {
+        anyhow::bail!("--span must be at least 64k (a checkpoint costs up to 32 KiB of window)");
+    }
+    let opts = IndexOptions {
+        platform: platform.clone(),
+        span,
+        jobs,
+    };
+    let display = Display::new(quiet);
+    let indexed = clip_indexer::index_image(client, reference, &opts, &display)
+        .with_context(|| format!("indexing {reference}"));
+    display.clear();
+    indexed
+}
+
 /// Writes `bytes` to `path` via a temporary file in the same directory and a rename, so a
 /// crash never leaves a partial index under the final name.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

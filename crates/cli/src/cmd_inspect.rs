@@ -1,18 +1,19 @@
-//! `clip inspect FILE.clip`: a summary, `--json`, and `--ls [PATH]` listings.
+//! `clip inspect IMAGE|FILE.clip`: a summary, `--json`, and `--ls [PATH]` listings.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clip_archive::{Archive, FileType, Ino};
 use serde_json::{json, Value};
 
+use crate::source::{locate, Found, SourceArgs};
 use crate::units;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The .clip archive.
-    pub file: PathBuf,
+    /// The image (a reference: its index is found in the local store or its registry) or a
+    /// .clip file.
+    pub image: String,
     /// Machine-readable output (see docs/CLI.md for the schema).
     #[arg(long)]
     pub json: bool,
@@ -22,6 +23,8 @@ pub struct Args {
     /// With --ls: list subdirectories recursively.
     #[arg(long, short = 'R', requires = "ls")]
     pub recursive: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// Reads an archive file (they are small: metadata only).
@@ -30,17 +33,31 @@ pub fn load(path: &std::path::Path) -> Result<Vec<u8>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes = load(&args.file)?;
+    let located = locate(&args.image, &args.source, args.json)?;
+    let bytes = load(&located.path)?;
     let archive =
-        Archive::open(&bytes).with_context(|| format!("reading {}", args.file.display()))?;
+        Archive::open(&bytes).with_context(|| format!("reading {}", located.path.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match &args.ls {
         Some(path) => list(&archive, path, args.recursive, args.json, &mut out)?,
         None if args.json => {
-            serde_json::to_writer_pretty(&mut out, &summary_json(&archive, bytes.len())?)?;
+            let mut summary = summary_json(&archive, bytes.len())?;
+            summary["index"] = located.found.json();
+            summary["index"]["path"] = json!(located.path);
+            serde_json::to_writer_pretty(&mut out, &summary)?;
             writeln!(out)?;
         }
-        None => summary_text(&archive, bytes.len(), &mut out)?,
+        None => {
+            if located.found != Found::File {
+                writeln!(
+                    out,
+                    "index      {} ({})",
+                    located.path.display(),
+                    located.found.describe()
+                )?;
+            }
+            summary_text(&archive, bytes.len(), &mut out)?;
+        }
     }
     out.flush()?;
     Ok(())

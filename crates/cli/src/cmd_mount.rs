@@ -22,18 +22,17 @@ use clip_fs::{ContentError, ContentSource, FsCore};
 use clip_registry::{Reference, RetryPolicy};
 use sha2::{Digest, Sha256};
 
+use crate::source::{locate, Found, Located, SourceArgs};
 use crate::units;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The .clip index to mount.
-    pub file: PathBuf,
+    /// The image to mount (a reference: its index is found in the local store or its
+    /// registry, and its blobs are read from that registry) or a .clip index (its blobs are
+    /// read from the registry the index names).
+    pub image: String,
     /// The mountpoint (created if missing).
     pub dir: PathBuf,
-    /// Where fetched spans are cached, shared by all mounts [default: /var/cache/clip for root,
-    /// else ~/.cache/clip].
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
     /// Bound on the cache; least recently used spans are evicted beyond it.
     #[arg(long, default_value = "10G", value_parser = units::parse_size)]
     pub cache_size: u64,
@@ -43,20 +42,8 @@ pub struct Args {
     /// Let other users (e.g. a container's non-root user) use the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// Registry credentials REGISTRY=USER:PASS, naming the registry the index names (they are
-    /// used for that registry only; a plain USER:PASS is refused). Otherwise credentials come
-    /// from $REGISTRY_AUTH_FILE or the docker config.
-    #[arg(
-        long,
-        env = "CLIP_CREDS",
-        hide_env_values = true,
-        value_name = "REGISTRY=USER:PASS"
-    )]
-    pub creds: Option<String>,
-    /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Seconds a read may wait for the registry before it fails with EIO (the mount stays up).
+    /// Seconds each read may take, retries of the registry included; past that it fails with
+    /// EIO (the mount stays up).
     #[arg(long, default_value_t = 30)]
     pub read_timeout: u64,
     /// With --daemon: where the background mount logs [default: next to its stats socket].
@@ -65,6 +52,12 @@ pub struct Args {
     /// Internal: report readiness on stdout (used by --daemon).
     #[arg(long, hide = true)]
     pub ready_on_stdout: bool,
+    /// Internal: the image reference the user typed, which IMAGE (now a located .clip file)
+    /// was (used by --daemon).
+    #[arg(long, hide = true)]
+    pub from_image: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,12 +135,23 @@ fn mount_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.daemon {
-        return run_daemon(&args);
-    }
     let ready_channel = args.ready_on_stdout;
     let mut became_ready = false;
-    match serve(args, &mut became_ready) {
+    let result = (|| {
+        let located = match &args.from_image {
+            Some(image) => Located {
+                path: PathBuf::from(&args.image),
+                found: Found::File,
+                image: Some(image.parse()?),
+            },
+            None => locate(&args.image, &args.source, args.daemon)?,
+        };
+        if args.daemon {
+            return run_daemon(&args, &located);
+        }
+        serve(&args, &located, &mut became_ready)
+    })();
+    match result {
         Ok(()) => Ok(()),
         Err(e) if ready_channel && !became_ready => {
             // The waiting parent reads this line and exits with our error. (Once it has read
@@ -160,7 +164,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// `--daemon`: start the same command in the background and wait until it reports.
-fn run_daemon(args: &Args) -> Result<()> {
+fn run_daemon(args: &Args, located: &Located) -> Result<()> {
     if !args.dir.exists() {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
@@ -187,24 +191,27 @@ fn run_daemon(args: &Args) -> Result<()> {
     let log_file = log_file.with_context(|| format!("opening log {}", log.display()))?;
     let exe = std::env::current_exe().context("finding the clip executable")?;
     let mut cmd = Command::new(exe);
+    // The daemon mounts the index located here, as the image the user named.
     cmd.arg("mount")
-        .arg(&args.file)
+        .arg(&located.path)
         .arg(&args.dir)
         .arg("--cache-size")
         .arg(args.cache_size.to_string())
         .arg("--read-timeout")
         .arg(args.read_timeout.to_string())
-        .arg("--ready-on-stdout");
-    if let Some(c) = &args.cache_dir {
-        cmd.arg("--cache-dir").arg(c);
+        .arg("--ready-on-stdout")
+        .arg("--cache-dir")
+        .arg(args.source.cache_dir());
+    if let Some(image) = &located.image {
+        cmd.arg("--from-image").arg(image.to_string());
     }
     if args.allow_other {
         cmd.arg("--allow-other");
     }
-    if args.insecure {
+    if args.source.insecure {
         cmd.arg("--insecure");
     }
-    if let Some(c) = &args.creds {
+    if let Some(c) = &args.source.creds {
         cmd.env("CLIP_CREDS", c);
     }
     // Its own process group: a Ctrl-C in this terminal does not reach the daemon.
@@ -221,7 +228,7 @@ fn run_daemon(args: &Args) -> Result<()> {
     if line.trim() == "ready" {
         eprintln!(
             "mounted {} at {} (pid {}, log {})",
-            args.file.display(),
+            args.image,
             args.dir.display(),
             child.id(),
             log.display()
@@ -238,18 +245,16 @@ fn run_daemon(args: &Args) -> Result<()> {
     }
 }
 
-fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("opening {}", args.file.display()))?;
+fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> {
+    let path = &located.path;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // Mapped, not read: only the parts of the index in use stay resident. The mapping lives
     // as long as the mount process.
     let mapping: &'static clip_sys::Mapping = Box::leak(Box::new(
-        clip_sys::Mapping::new(&file)
-            .with_context(|| format!("mapping {}", args.file.display()))?,
+        clip_sys::Mapping::new(&file).with_context(|| format!("mapping {}", path.display()))?,
     ));
-    let archive = Arc::new(
-        Archive::open(mapping).with_context(|| format!("reading {}", args.file.display()))?,
-    );
+    let archive =
+        Arc::new(Archive::open(mapping).with_context(|| format!("reading {}", path.display()))?);
     // Opening checked the whole file; let those pages go until something needs them.
     mapping.release_pages();
     if !args.dir.exists() {
@@ -260,17 +265,22 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
         bail!("{} is not a directory", args.dir.display());
     }
     let meta = archive.meta();
-    let reference: Reference = meta
-        .reference
-        .parse()
-        .with_context(|| format!("the index names an invalid image {:?}", meta.reference))?;
-    // Blobs are addressed by digest: pin the manifest so a moved tag cannot matter.
+    // The blobs are read where the user said the image is, or else where the index says it
+    // was indexed from; addressed by digest, with the manifest pinned so that a moved tag
+    // cannot matter.
+    let reference: Reference = match &located.image {
+        Some(image) => image.clone(),
+        None => meta
+            .reference
+            .parse()
+            .with_context(|| format!("the index names an invalid image {:?}", meta.reference))?,
+    };
     let reference = reference.with_digest(&meta.manifest_digest);
     let timeout = Duration::from_secs(args.read_timeout.max(1));
     let client = crate::registry_client(
-        args.creds.as_deref(),
-        crate::creds::ImageSource::IndexFile(&args.file),
-        args.insecure,
+        args.source.creds.as_deref(),
+        located.image_source(),
+        args.source.insecure,
         &reference,
         // A fetch retries for as long as a read may wait for it: bounded by time, not by a
         // count of attempts (a registry that refuses connections fails each one at once).
@@ -282,10 +292,7 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
     )?;
     let fetch_options = FetchOptions {
         cache: CacheOptions {
-            dir: args
-                .cache_dir
-                .clone()
-                .unwrap_or_else(clip_fetch::default_cache_dir),
+            dir: args.source.cache_dir(),
             max_bytes: args.cache_size,
         },
         read_timeout: timeout,
@@ -295,12 +302,9 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
         Fetcher::new(archive.clone(), client, reference.clone(), fetch_options)
             .context("setting up the span cache")?,
     );
-    fetcher.check_registry().with_context(|| {
-        format!(
-            "checking the registry of {} before mounting",
-            meta.reference
-        )
-    })?;
+    fetcher
+        .check_registry()
+        .with_context(|| format!("checking the registry of {reference} before mounting"))?;
 
     // Signals are caught from before the mount exists, so none can leave a stale mount.
     let mut signals = signal_hook::iterator::Signals::new([

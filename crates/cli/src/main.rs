@@ -7,7 +7,9 @@
 mod cmd_index;
 mod cmd_inspect;
 mod cmd_mount;
+mod cmd_pull;
 mod creds;
+mod source;
 mod units;
 
 use std::io::{self, Write};
@@ -25,11 +27,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Index an image in a registry into a metadata-only .clip archive.
+    /// Index an image in a registry into a metadata-only .clip archive (and push it there).
     Index(cmd_index::Args),
-    /// Show what a .clip archive holds.
+    /// Fetch the index of an image from its registry into the local index store.
+    Pull(cmd_pull::Args),
+    /// Show what an image's index holds.
     Inspect(cmd_inspect::Args),
-    /// Mount a .clip archive as a lazy, read-only filesystem.
+    /// Mount an image (or a .clip index) as a lazy, read-only filesystem.
     Mount(cmd_mount::Args),
     /// Unmount a clip mount (also one whose process died).
     Umount(cmd_mount::UmountArgs),
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Index(args) => cmd_index::run(args),
+        Command::Pull(args) => cmd_pull::run(args),
         Command::Inspect(args) => cmd_inspect::run(args),
         Command::Mount(args) => cmd_mount::run(args),
         Command::Umount(args) => cmd_mount::umount(args),

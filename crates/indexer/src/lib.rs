@@ -124,6 +124,8 @@ impl Progress for Silent {}
 #[derive(Debug)]
 pub struct Indexed {
     pub archive: Vec<u8>,
+    /// Size of the image manifest indexed (its digest and media type are in the archive).
+    pub manifest_size: u64,
     pub entries: u64,
     pub layers: usize,
     pub compressed_bytes: u64,
@@ -280,6 +282,7 @@ pub fn index_image(
     let entries = clip_archive::Archive::open(&archive)?.entry_count();
     Ok(Indexed {
         archive,
+        manifest_size: image.manifest.len() as u64,
         entries,
         layers: layers.len(),
         compressed_bytes,

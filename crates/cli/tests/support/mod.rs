@@ -50,11 +50,17 @@ impl Run {
 
 pub fn clip_command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_clip"));
-    // Tests never read the developer's credentials.
+    // Tests never read the developer's credentials, nor use the machine's cache (the index
+    // store of `clip index` included): theirs is under the target directory, unless a test
+    // passes a `--cache-dir` of its own.
     c.env_remove("REGISTRY_AUTH_FILE")
         .env_remove("CLIP_CREDS")
         .env("DOCKER_CONFIG", "/nonexistent")
         .env("HOME", "/nonexistent")
+        .env(
+            "CLIP_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("clip-test-cache"),
+        )
         .env_remove("XDG_RUNTIME_DIR");
     c
 }

@@ -1,0 +1,224 @@
+//! `IMAGE|FILE.clip`: where the index a command works on comes from.
+//!
+//! A path to an existing file is a `.clip` index. Anything else is an image reference: it is
+//! resolved in its registry to the manifest digest of the platform asked for; the index is
+//! then taken from the local index store (under the cache directory), else downloaded from the
+//! image's repository (the OCI artifact that `clip index --push` put there), else — unless
+//! `--no-index` — made here. Whatever its origin, an index is only used once bound to the image:
+//! same manifest, config and layer table as the registry describes now.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clip_archive::Archive;
+use clip_registry::{Client, Platform, Reference, ReferrersSource, ResolvedImage, RetryPolicy};
+use clip_store::{IndexStore, Origin};
+
+use crate::creds::ImageSource;
+
+/// The flags of every command that takes `IMAGE|FILE.clip`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    /// Registry credentials: USER:PASS for the registry of the IMAGE typed, or
+    /// REGISTRY=USER:PASS (needed with a FILE.clip, whose registry the file names). Sent to
+    /// that registry only; otherwise credentials come from $REGISTRY_AUTH_FILE or the docker
+    /// config.
+    #[arg(
+        long,
+        env = "CLIP_CREDS",
+        hide_env_values = true,
+        value_name = "[REGISTRY=]USER:PASS"
+    )]
+    pub creds: Option<String>,
+    /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
+    #[arg(long)]
+    pub insecure: bool,
+    /// With an IMAGE: the platform to pick from a multi-arch image, OS/ARCH[/VARIANT].
+    /// Default: this machine's.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// With an IMAGE: fail when its registry holds no index for it, instead of indexing it
+    /// here.
+    #[arg(long)]
+    pub no_index: bool,
+    /// Where fetched spans and indexes are kept, shared by all mounts [default:
+    /// /var/cache/clip for root, else ~/.cache/clip].
+    #[arg(long, env = "CLIP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The cache directory in use.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(clip_fetch::default_cache_dir)
+    }
+}
+
+/// Where a located index came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The `.clip` file given.
+    File,
+    /// The local index store, filled earlier.
+    Store(Origin),
+    /// Downloaded now from the image's repository.
+    Registry {
+        artifact: String,
+        via: ReferrersSource,
+    },
+    /// Made now, the registry having none.
+    IndexedHere,
+}
+
+impl Found {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let via = |via: &ReferrersSource| match via {
+            ReferrersSource::Api => "the referrers API",
+            ReferrersSource::TagSchema => "the referrers tag",
+        };
+        match self {
+            Found::File => "the file given".to_string(),
+            Found::Store(Origin::Registry { artifact }) => {
+                format!("the local index store (downloaded from the registry, artifact {artifact})")
+            }
+            Found::Store(Origin::Local) => "the local index store (indexed here)".to_string(),
+            Found::Registry { artifact, via: v } => {
+                format!(
+                    "the image's registry (artifact {artifact}, found through {})",
+                    via(v)
+                )
+            }
+            Found::IndexedHere => "indexed here (the registry has no index for it)".to_string(),
+        }
+    }
+
+    /// For `--json`.
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Found::File => serde_json::json!({"source": "file"}),
+            Found::Store(origin) => serde_json::json!({"source": "store", "origin": origin}),
+            Found::Registry { artifact, via } => serde_json::json!({
+                "source": "registry",
+                "artifact": artifact,
+                "via": match via { ReferrersSource::Api => "referrers-api", ReferrersSource::TagSchema => "referrers-tag" },
+            }),
+            Found::IndexedHere => serde_json::json!({"source": "indexed-here"}),
+        }
+    }
+}
+
+/// An index ready to open.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The `.clip` file.
+    pub path: PathBuf,
+    /// Where it came from.
+    pub found: Found,
+    /// The image reference typed, when it was one (its registry is the user's choice).
+    pub image: Option<Reference>,
+}
+
+impl Located {
+    /// Whose choice the index's registry is, for `--creds`.
+    pub fn image_source(&self) -> ImageSource<'_> {
+        match self.image {
+            Some(_) => ImageSource::CommandLine,
+            None => ImageSource::IndexFile(&self.path),
+        }
+    }
+}
+
+/// Finds the index for `arg` (see the module doc). `quiet` hides the progress of indexing
+/// here.
+pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
+    let as_path = Path::new(arg);
+    if as_path.is_file() {
+        return Ok(Located {
+            path: as_path.to_path_buf(),
+            found: Found::File,
+            image: None,
+        });
+    }
+    let reference: Reference = arg
+        .parse()
+        .with_context(|| format!("{arg:?} is neither a .clip file nor an image reference"))?;
+    let platform = match &args.platform {
+        Some(p) => p.parse::<Platform>()?,
+        None => Platform::host(),
+    };
+    let client = crate::registry_client(
+        args.creds.as_deref(),
+        ImageSource::CommandLine,
+        args.insecure,
+        &reference,
+        RetryPolicy::default(),
+    )?;
+    let resolved = client
+        .resolve(&reference, &platform)
+        .with_context(|| format!("resolving {reference}"))?;
+    let store = IndexStore::open(&args.cache_dir())?;
+    let located = |path: PathBuf, found: Found| Located {
+        path,
+        found,
+        image: Some(reference.clone()),
+    };
+
+    if let Some(stored) = store.get(&resolved.manifest_digest)? {
+        match bound(&stored.path, &resolved) {
+            Ok(()) => return Ok(located(stored.path, Found::Store(stored.origin))),
+            Err(reason) => {
+                tracing::warn!(index = %stored.path.display(), %reason,
+                    "the stored index does not fit the image; fetching it again");
+                store.remove(&resolved.manifest_digest)?;
+            }
+        }
+    }
+    if let Some(found) = clip_store::find(&client, &reference, &resolved.manifest_digest)? {
+        let stored = store
+            .download(&client, &reference, &found, &resolved)
+            .with_context(|| format!("downloading the index of {reference}"))?;
+        return Ok(located(
+            stored.path,
+            Found::Registry {
+                artifact: found.artifact.digest,
+                via: found.via,
+            },
+        ));
+    }
+    if args.no_index {
+        bail!(
+            "the registry has no clip index for {reference} (push one with `clip index \
+             {reference} --push`), and --no-index forbids indexing it here"
+        );
+    }
+    eprintln!("clip: the registry has no index for {reference}; indexing it here (--no-index to fail instead)");
+    let pinned = reference.with_digest(&resolved.manifest_digest);
+    let indexed = crate::cmd_index::index(&client, &pinned, &platform, None, None, quiet)?;
+    let archive = Archive::open(&indexed.archive).context("reading the new index")?;
+    if let Err(reason) = clip_store::check_binding(&archive, &resolved) {
+        bail!("the index just made does not fit {reference}: {reason} (did the image change meanwhile?)");
+    }
+    let stored = store.insert(&resolved.manifest_digest, &indexed.archive, Origin::Local)?;
+    Ok(located(stored.path, Found::IndexedHere))
+}
+
+/// Whether the index at `path` is bound to `image`.
+fn bound(path: &Path, image: &ResolvedImage) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let archive = Archive::open(&bytes).map_err(|e| e.to_string())?;
+    clip_store::check_binding(&archive, image)
+}
+
+/// The client that `clip index --push` and `clip pull` use for `reference`.
+pub fn client_for(reference: &Reference, args: &SourceArgs) -> Result<Client> {
+    crate::registry_client(
+        args.creds.as_deref(),
+        ImageSource::CommandLine,
+        args.insecure,
+        reference,
+        RetryPolicy::default(),
+    )
+}

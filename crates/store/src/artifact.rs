@@ -1,0 +1,279 @@
+//! The index artifact: an OCI image manifest whose `artifactType` is [`ARTIFACT_TYPE`], with the
+//! empty config, the `.clip` as its one layer, and `subject` = the image manifest it indexes.
+
+use std::collections::BTreeMap;
+
+use clip_archive::{Archive, FORMAT_VERSION};
+use clip_registry::{Client, Descriptor, Reference, ReferrersSource, OCI_IMAGE_MANIFEST};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::StoreError;
+
+/// The `artifactType` of a clip index artifact. Stable across archive format versions: the
+/// format is in the [`FORMAT_ANNOTATION`].
+pub const ARTIFACT_TYPE: &str = "application/vnd.clip.index.v1";
+/// The media type of the artifact's one layer: a `.clip` file.
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.clip.index.v1.clip";
+/// Annotation (on the artifact manifest and its referrers entry) naming the archive format
+/// version of the index, so that a reader picks an index it can read.
+pub const FORMAT_ANNOTATION: &str = "dev.clip.index.format";
+/// Largest index blob accepted from a registry (the size comes from the artifact manifest).
+pub const MAX_INDEX_BYTES: u64 = 2 << 30;
+
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY: &[u8] = b"{}";
+const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
+
+/// The image manifest an index describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// Its digest.
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What [`push`] did.
+#[derive(Debug, Clone)]
+pub struct PushedIndex {
+    /// The artifact manifest, as listed among the image's referrers.
+    pub artifact: Descriptor,
+    /// How it is discovered: the registry indexes the subject itself (its referrers API), or
+    /// the referrers tag was updated.
+    pub via: ReferrersSource,
+}
+
+/// An index artifact found for an image.
+#[derive(Debug, Clone)]
+pub struct FoundIndex {
+    /// The artifact manifest.
+    pub artifact: Descriptor,
+    /// Where the listing came from.
+    pub via: ReferrersSource,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ArtifactManifest {
+    #[serde(rename = "schemaVersion")]
+    schema_version: u32,
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    #[serde(rename = "artifactType")]
+    artifact_type: String,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    subject: Descriptor,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn format_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([(FORMAT_ANNOTATION.to_string(), FORMAT_VERSION.to_string())])
+}
+
+/// The artifact manifest for an index blob of `size` bytes with `digest`. Deterministic: the
+/// same index gives the same manifest (no timestamps), so pushing twice changes nothing.
+fn artifact_manifest(digest: &str, size: u64, subject: &Subject) -> Vec<u8> {
+    let manifest = ArtifactManifest {
+        schema_version: 2,
+        media_type: OCI_IMAGE_MANIFEST.to_string(),
+        artifact_type: ARTIFACT_TYPE.to_string(),
+        config: Descriptor {
+            media_type: EMPTY_MEDIA_TYPE.to_string(),
+            digest: sha256(EMPTY),
+            size: EMPTY.len() as u64,
+            artifact_type: None,
+            annotations: BTreeMap::new(),
+        },
+        layers: vec![Descriptor {
+            media_type: INDEX_MEDIA_TYPE.to_string(),
+            digest: digest.to_string(),
+            size,
+            artifact_type: None,
+            annotations: BTreeMap::from([(TITLE_ANNOTATION.to_string(), "index.clip".to_string())]),
+        }],
+        subject: Descriptor {
+            media_type: subject.media_type.clone(),
+            digest: subject.digest.clone(),
+            size: subject.size,
+            artifact_type: None,
+            annotations: BTreeMap::new(),
+        },
+        annotations: format_annotations(),
+    };
+    // A struct of strings and numbers always encodes.
+    serde_json::to_vec(&manifest).unwrap_or_default()
+}
+
+/// Uploads `archive` (an index of the image `subject`) to the image's repository as an index
+/// artifact and makes it discoverable: through the registry's referrers API when it answers
+/// the push with `OCI-Subject`, else by adding it to the referrers tag (replacing an earlier
+/// clip index of the same format for the same image, keeping every other entry).
+pub fn push(
+    client: &Client,
+    image: &Reference,
+    archive: &[u8],
+    subject: &Subject,
+) -> Result<PushedIndex, StoreError> {
+    let what = format!("for {image}");
+    let parsed = Archive::open(archive).map_err(|error| StoreError::Archive {
+        what: what.clone(),
+        error,
+    })?;
+    if parsed.meta().manifest_digest != subject.digest {
+        return Err(StoreError::NotBound {
+            what,
+            image: image.to_string(),
+            reason: format!(
+                "it indexes manifest {}, the image is {}",
+                parsed.meta().manifest_digest,
+                subject.digest
+            ),
+        });
+    }
+    let index_digest = client.push_blob(image, archive)?;
+    client.push_blob(image, EMPTY)?;
+    let manifest = artifact_manifest(&index_digest, archive.len() as u64, subject);
+    let digest = sha256(&manifest);
+    let pushed = client.push_manifest(image, &digest, OCI_IMAGE_MANIFEST, &manifest, None)?;
+    let artifact = Descriptor {
+        media_type: OCI_IMAGE_MANIFEST.to_string(),
+        digest: pushed.digest.clone(),
+        size: manifest.len() as u64,
+        artifact_type: Some(ARTIFACT_TYPE.to_string()),
+        annotations: format_annotations(),
+    };
+    if pushed.subject_indexed {
+        tracing::info!(artifact = %artifact.digest, "the registry indexes the referrer itself");
+        return Ok(PushedIndex {
+            artifact,
+            via: ReferrersSource::Api,
+        });
+    }
+    let ours = FORMAT_VERSION.to_string();
+    let replaces = |d: &Descriptor| {
+        d.artifact_type.as_deref() == Some(ARTIFACT_TYPE)
+            && d.annotations.get(FORMAT_ANNOTATION) == Some(&ours)
+    };
+    client.add_referrer(image, &subject.digest, &artifact, &replaces)?;
+    Ok(PushedIndex {
+        artifact,
+        via: ReferrersSource::TagSchema,
+    })
+}
+
+/// The index artifact of the image whose manifest is `subject_digest`, of the format this
+/// clip reads, if the registry lists one among the manifest's referrers (the last listed when
+/// there are several).
+pub fn find(
+    client: &Client,
+    image: &Reference,
+    subject_digest: &str,
+) -> Result<Option<FoundIndex>, StoreError> {
+    let referrers = client.referrers(image, subject_digest, Some(ARTIFACT_TYPE))?;
+    let ours = FORMAT_VERSION.to_string();
+    let found = referrers
+        .manifests
+        .into_iter()
+        .filter(|d| d.annotations.get(FORMAT_ANNOTATION) == Some(&ours))
+        .next_back();
+    if found.is_none() {
+        tracing::debug!(image = %image, via = ?referrers.source, "no clip index among the referrers");
+    }
+    Ok(found.map(|artifact| FoundIndex {
+        artifact,
+        via: referrers.source,
+    }))
+}
+
+/// The index blob an artifact manifest names, after checking the manifest: a clip index
+/// artifact, of our format, about `subject_digest`, with one layer of at most
+/// [`MAX_INDEX_BYTES`].
+pub(crate) fn index_blob(
+    client: &Client,
+    image: &Reference,
+    artifact: &Descriptor,
+    subject_digest: &str,
+) -> Result<Descriptor, StoreError> {
+    let bad = |reason: String| StoreError::BadArtifact {
+        digest: artifact.digest.clone(),
+        repository: format!("{}/{}", image.registry, image.repository),
+        reason,
+    };
+    let fetched = client
+        .fetch_manifest(image, &artifact.digest, OCI_IMAGE_MANIFEST)?
+        .ok_or_else(|| {
+            bad("it is listed among the referrers, but the registry does not have it".into())
+        })?;
+    let manifest: ArtifactManifest = serde_json::from_slice(&fetched.body)
+        .map_err(|e| bad(format!("not an artifact manifest: {e}")))?;
+    if manifest.artifact_type != ARTIFACT_TYPE {
+        return Err(bad(format!("artifactType is {:?}", manifest.artifact_type)));
+    }
+    if manifest.subject.digest != subject_digest {
+        return Err(bad(format!(
+            "its subject is {}, not the image's manifest {subject_digest}",
+            manifest.subject.digest
+        )));
+    }
+    let format = manifest.annotations.get(FORMAT_ANNOTATION);
+    if format != Some(&FORMAT_VERSION.to_string()) {
+        return Err(bad(format!(
+            "it holds an index of format {}, this clip reads {FORMAT_VERSION}",
+            format.map_or("(unnamed)", String::as_str)
+        )));
+    }
+    let [layer] = manifest.layers.as_slice() else {
+        return Err(bad(format!("{} layers, expected 1", manifest.layers.len())));
+    };
+    if layer.media_type != INDEX_MEDIA_TYPE {
+        return Err(bad(format!("its layer is a {:?}", layer.media_type)));
+    }
+    if layer.size > MAX_INDEX_BYTES {
+        return Err(bad(format!(
+            "its index is {} bytes, more than the {MAX_INDEX_BYTES} accepted",
+            layer.size
+        )));
+    }
+    Ok(layer.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_manifests_are_deterministic_and_well_formed() {
+        let subject = Subject {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            media_type: OCI_IMAGE_MANIFEST.into(),
+            size: 1234,
+        };
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let one = artifact_manifest(&digest, 99, &subject);
+        assert_eq!(one, artifact_manifest(&digest, 99, &subject));
+        let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
+        assert_eq!(v["artifactType"], ARTIFACT_TYPE);
+        assert_eq!(v["config"]["mediaType"], EMPTY_MEDIA_TYPE);
+        assert_eq!(
+            v["config"]["digest"],
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        assert_eq!(v["layers"][0]["mediaType"], INDEX_MEDIA_TYPE);
+        assert_eq!(v["layers"][0]["digest"], digest.as_str());
+        assert_eq!(v["layers"][0]["size"], 99);
+        assert_eq!(v["subject"]["digest"], subject.digest.as_str());
+        assert_eq!(v["subject"]["size"], 1234);
+        assert_eq!(
+            v["annotations"][FORMAT_ANNOTATION],
+            FORMAT_VERSION.to_string()
+        );
+    }
+}

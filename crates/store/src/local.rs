@@ -1,0 +1,393 @@
+//! The local index store: `<cache dir>/indexes/f<format>/<alg>-<hex>.clip`, one index per image
+//! manifest digest, with `<alg>-<hex>.json` saying where it came from. Private like the span
+//! cache (directories `0700`, files `0600`, nothing below followed through a symlink); entries
+//! are published by rename, so a crash never leaves half an index under a final name.
+
+use std::fs::File;
+use std::io::{self, Read, Write as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use clip_archive::{Archive, FORMAT_VERSION};
+use clip_registry::{Client, Reference, ResolvedImage};
+use clip_sys::private::{open_dir_at, open_private_dir, FILE_MODE};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::index_blob;
+use crate::{FoundIndex, StoreError};
+
+/// Where an index in the store came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum Origin {
+    /// Downloaded from the image's repository: the artifact manifest's digest.
+    Registry {
+        /// The artifact manifest digest.
+        artifact: String,
+    },
+    /// Made on this machine (`clip index`).
+    Local,
+}
+
+/// An index in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredIndex {
+    /// The `.clip` file.
+    pub path: PathBuf,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// The local index store of one cache directory.
+#[derive(Debug)]
+pub struct IndexStore {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// `sha256:ab…` → `sha256-ab…`, only for well-formed digests (the name becomes a path).
+fn file_stem(manifest_digest: &str) -> Option<String> {
+    let (algorithm, hex) = manifest_digest.split_once(':')?;
+    let len = match algorithm {
+        "sha256" => 64,
+        "sha512" => 128,
+        _ => return None,
+    };
+    (hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| format!("{algorithm}-{hex}"))
+}
+
+impl IndexStore {
+    /// The store of the cache directory `cache_dir` (created, private; see the module doc).
+    pub fn open(cache_dir: &Path) -> Result<IndexStore, StoreError> {
+        let root = open_private_dir(cache_dir).map_err(StoreError::NotPrivate)?;
+        let indexes = cache_dir.join("indexes");
+        let io = |path: &Path, error| StoreError::Io {
+            path: path.to_path_buf(),
+            error,
+        };
+        let parent =
+            open_dir_at(root.as_fd(), "indexes", true, &indexes).map_err(|e| io(&indexes, e))?;
+        let name = format!("f{FORMAT_VERSION}");
+        let path = indexes.join(&name);
+        let dir = open_dir_at(parent.as_fd(), &name, true, &path).map_err(|e| io(&path, e))?;
+        Ok(IndexStore { dir, path })
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, name: &str, error: io::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.join(name),
+            error,
+        }
+    }
+
+    fn stem(&self, manifest_digest: &str) -> Result<String, StoreError> {
+        file_stem(manifest_digest).ok_or_else(|| {
+            self.io(
+                manifest_digest,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a sha256/sha512 digest"),
+            )
+        })
+    }
+
+    /// The index of the image with this manifest digest, if the store has one.
+    pub fn get(&self, manifest_digest: &str) -> Result<Option<StoredIndex>, StoreError> {
+        let stem = self.stem(manifest_digest)?;
+        let name = format!("{stem}.clip");
+        match clip_sys::private::stat_at(self.dir.as_fd(), &name) {
+            Ok(st) if st.is_file() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(&name, e)),
+        }
+        let origin = self
+            .read_small(&format!("{stem}.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Origin::Local);
+        Ok(Some(StoredIndex {
+            path: self.path.join(name),
+            origin,
+        }))
+    }
+
+    /// Removes the index of this manifest digest (one found not to fit its image).
+    pub fn remove(&self, manifest_digest: &str) -> Result<(), StoreError> {
+        let stem = self.stem(manifest_digest)?;
+        for name in [format!("{stem}.clip"), format!("{stem}.json")] {
+            match rustix::fs::unlinkat(self.dir.as_fd(), name.as_str(), AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(self.io(&name, e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `bytes` (an index, checked by the caller) as the index of `manifest_digest`.
+    pub fn insert(
+        &self,
+        manifest_digest: &str,
+        bytes: &[u8],
+        origin: Origin,
+    ) -> Result<StoredIndex, StoreError> {
+        let stem = self.stem(manifest_digest)?;
+        let (temp, mut file) = self.temp_file(&stem)?;
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io(&temp, e));
+        self.publish(written, &temp, &stem, &origin)
+    }
+
+    /// Downloads the index artifact `found` of `image` into the store: the artifact manifest
+    /// checked, the index blob verified against its digest while it streams to a temp file,
+    /// the archive opened (checksum, structure) and bound to `resolved` (the image as the
+    /// registry describes it now) with [`check_binding`]; only then published.
+    pub fn download(
+        &self,
+        client: &Client,
+        image: &Reference,
+        found: &FoundIndex,
+        resolved: &ResolvedImage,
+    ) -> Result<StoredIndex, StoreError> {
+        let blob = index_blob(client, image, &found.artifact, &resolved.manifest_digest)?;
+        let stem = self.stem(&resolved.manifest_digest)?;
+        let (temp, mut file) = self.temp_file(&stem)?;
+        let downloaded = (|| {
+            let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
+            io::copy(&mut reader, &mut file).map_err(|e| {
+                match clip_registry::RegistryError::from_io(&e) {
+                    Some(_) => StoreError::Registry(into_registry_error(e)),
+                    None => self.io(&temp, e),
+                }
+            })?;
+            file.sync_all().map_err(|e| self.io(&temp, e))?;
+            let mut bytes = Vec::new();
+            let mut reread = self.open_file(&temp)?;
+            reread
+                .read_to_end(&mut bytes)
+                .map_err(|e| self.io(&temp, e))?;
+            let what = format!("{} of {image}", found.artifact.digest);
+            let archive = Archive::open(&bytes).map_err(|error| StoreError::Archive {
+                what: what.clone(),
+                error,
+            })?;
+            check_binding(&archive, resolved).map_err(|reason| StoreError::NotBound {
+                what,
+                image: image.to_string(),
+                reason,
+            })
+        })();
+        self.publish(
+            downloaded,
+            &temp,
+            &stem,
+            &Origin::Registry {
+                artifact: found.artifact.digest.clone(),
+            },
+        )
+    }
+
+    /// A new temp file in the store (`O_EXCL`, `0600` whatever the umask).
+    fn temp_file(&self, stem: &str) -> Result<(String, File), StoreError> {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let temp = format!(".tmp-{}-{seq}-{stem}", std::process::id());
+        let fd = rustix::fs::openat(
+            self.dir.as_fd(),
+            temp.as_str(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| self.io(&temp, e.into()))?;
+        let file = File::from(fd);
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+            .map_err(|e| self.io(&temp, e))?;
+        Ok((temp, file))
+    }
+
+    fn open_file(&self, name: &str) -> Result<File, StoreError> {
+        rustix::fs::openat(
+            self.dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| self.io(name, e.into()))
+    }
+
+    fn read_small(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let mut bytes = Vec::new();
+        self.open_file(name)?
+            .take(64 << 10)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.io(name, e))?;
+        Ok(bytes)
+    }
+
+    /// Renames a finished temp file into place with its origin beside it; removes it when
+    /// `done` failed.
+    fn publish(
+        &self,
+        done: Result<(), StoreError>,
+        temp: &str,
+        stem: &str,
+        origin: &Origin,
+    ) -> Result<StoredIndex, StoreError> {
+        let result = done.and_then(|()| {
+            let sidecar = format!("{stem}.json");
+            let (sidecar_temp, mut f) = self.temp_file(&sidecar)?;
+            let json = serde_json::to_vec(origin).unwrap_or_default();
+            let written = f
+                .write_all(&json)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| self.io(&sidecar_temp, e))
+                .and_then(|()| self.rename(&sidecar_temp, &sidecar));
+            if written.is_err() {
+                let _ =
+                    rustix::fs::unlinkat(self.dir.as_fd(), sidecar_temp.as_str(), AtFlags::empty());
+            }
+            written?;
+            self.rename(temp, &format!("{stem}.clip"))
+        });
+        match result {
+            Ok(()) => Ok(StoredIndex {
+                path: self.path.join(format!("{stem}.clip")),
+                origin: origin.clone(),
+            }),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp, AtFlags::empty());
+                Err(e)
+            }
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        rustix::fs::renameat(self.dir.as_fd(), from, self.dir.as_fd(), to)
+            .map_err(|e| self.io(to, e.into()))
+    }
+}
+
+fn into_registry_error(e: io::Error) -> clip_registry::RegistryError {
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<clip_registry::RegistryError>())
+    {
+        Some(Ok(r)) => *r,
+        Some(Err(other)) => clip_registry::RegistryError::Transport {
+            url: String::new(),
+            source: io::Error::other(other),
+        },
+        None => clip_registry::RegistryError::Transport {
+            url: String::new(),
+            source: io::Error::other("the blob stream failed"),
+        },
+    }
+}
+
+/// Whether `archive` describes `image` as the registry describes it now: the same manifest
+/// digest, config digest and layer table (digest, media type, size and diff_id of every
+/// layer). `Err` says what differs.
+pub fn check_binding(archive: &Archive<'_>, image: &ResolvedImage) -> Result<(), String> {
+    let meta = archive.meta();
+    if meta.manifest_digest != image.manifest_digest {
+        return Err(format!(
+            "it indexes manifest {}, the image is {}",
+            meta.manifest_digest, image.manifest_digest
+        ));
+    }
+    if meta.config_digest != image.config_digest {
+        return Err(format!(
+            "it records config {}, the image has {}",
+            meta.config_digest, image.config_digest
+        ));
+    }
+    let ours = archive.layers();
+    if ours.len() != image.layers.len() {
+        return Err(format!(
+            "it has {} layers, the image {}",
+            ours.len(),
+            image.layers.len()
+        ));
+    }
+    for (i, (a, b)) in ours.iter().zip(&image.layers).enumerate() {
+        if a.digest != b.digest
+            || a.media_type != b.media_type
+            || a.compressed_size != b.size
+            || a.diff_id != b.diff_id
+        {
+            return Err(format!(
+                "layer {i} is {} ({}, {} bytes, diff_id {}) in the index, {} ({}, {} bytes, \
+                 diff_id {}) in the image",
+                a.digest,
+                a.media_type,
+                a.compressed_size,
+                a.diff_id,
+                b.digest,
+                b.media_type,
+                b.size,
+                b.diff_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_digests_become_file_names() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(file_stem(&d), Some(format!("sha256-{}", "ab".repeat(32))));
+        for bad in [
+            "sha256:../x",
+            "md5:ab",
+            "",
+            "sha256:AB",
+            &format!("sha256:{}", "a".repeat(63)),
+        ] {
+            assert_eq!(file_stem(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn entries_are_private_and_carry_their_origin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = IndexStore::open(&tmp.path().join("cache")).unwrap();
+        let d = format!("sha256:{}", "cd".repeat(32));
+        assert_eq!(store.get(&d).unwrap(), None);
+        let origin = Origin::Registry {
+            artifact: format!("sha256:{}", "ef".repeat(32)),
+        };
+        let stored = store
+            .insert(&d, b"not really an index", origin.clone())
+            .unwrap();
+        assert_eq!(store.get(&d).unwrap(), Some(stored.clone()));
+        assert_eq!(stored.origin, origin);
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(
+            std::fs::metadata(&stored.path).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(store.path()).unwrap().mode() & 0o777,
+            0o700
+        );
+        // Nothing else is left in the directory: no temp files.
+        assert_eq!(std::fs::read_dir(store.path()).unwrap().count(), 2);
+        store.remove(&d).unwrap();
+        assert_eq!(store.get(&d).unwrap(), None);
+    }
+}
