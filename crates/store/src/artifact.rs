@@ -182,8 +182,7 @@ pub fn find(
     let found = referrers
         .manifests
         .into_iter()
-        .filter(|d| d.annotations.get(FORMAT_ANNOTATION) == Some(&ours))
-        .next_back();
+        .rfind(|d| d.annotations.get(FORMAT_ANNOTATION) == Some(&ours));
     if found.is_none() {
         tracing::debug!(image = %image, via = ?referrers.source, "no clip index among the referrers");
     }
