@@ -255,6 +255,8 @@ fn digest_and_shape_errors() {
             return serve_file(
                 &files.files,
                 &Request {
+                    method: "GET".into(),
+                    body: Vec::new(),
                     path: "/v2/test/app/manifests/latest".into(),
                     headers: vec![],
                 },
@@ -792,6 +794,8 @@ fn redirect_keeps_range_and_drops_authorization() {
         serve_file(
             &files.files,
             &Request {
+                method: req.method.clone(),
+                body: Vec::new(),
                 path,
                 headers: req.headers.clone(),
             },
@@ -855,6 +859,8 @@ fn basic_registry_redirecting(
         serve_file(
             &img.files,
             &Request {
+                method: req.method.clone(),
+                body: Vec::new(),
                 path,
                 headers: req.headers.clone(),
             },
@@ -870,6 +876,8 @@ fn storage_server(img: Arc<Image>) -> TestServer {
         serve_file(
             &img.files,
             &Request {
+                method: req.method.clone(),
+                body: Vec::new(),
                 path,
                 headers: req.headers.clone(),
             },
@@ -1157,4 +1165,215 @@ fn fuzzing_entry_points_resolve_like_the_client() {
     assert_eq!(single.platform.to_string(), "linux/amd64");
     let e = fuzzing::resolve_bytes(index, None, index, None, config, &amd64()).unwrap_err();
     assert!(e.to_string().contains("inside an image index"), "{e}");
+}
+
+// ---- writes and referrers ----------------------------------------------------------------
+
+const SUBJECT: &str = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
+const CLIP_TYPE: &str = "application/vnd.clip.index.v1";
+
+fn referrer(digest_seed: &[u8], artifact_type: &str) -> Descriptor {
+    Descriptor {
+        media_type: OCI_MANIFEST.into(),
+        digest: sha256_digest(digest_seed),
+        size: 123,
+        artifact_type: Some(artifact_type.into()),
+        annotations: Default::default(),
+    }
+}
+
+#[test]
+fn a_registry_with_the_referrers_api_is_asked_through_it() {
+    let listed = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [referrer(b"ours", CLIP_TYPE), referrer(b"sig", "application/vnd.dev.cosign.artifact.sig.v1+json")],
+    });
+    let body = serde_json::to_vec(&listed).expect("json");
+    let server = TestServer::start(move |req| {
+        if req
+            .path
+            .starts_with(&format!("/v2/test/app/referrers/{SUBJECT}"))
+        {
+            // This registry ignores the filter: the client filters.
+            Response::new(200)
+                .header("Content-Type", OCI_INDEX)
+                .body(body.clone())
+        } else {
+            Response::new(404)
+        }
+    });
+    let c = client(ClientOptions::default());
+    let r: Reference = format!("{}/test/app:1", server.host())
+        .parse()
+        .expect("ref");
+    let found = c
+        .referrers(&r, SUBJECT, Some(CLIP_TYPE))
+        .expect("referrers");
+    assert_eq!(found.source, ReferrersSource::Api);
+    assert_eq!(found.manifests, vec![referrer(b"ours", CLIP_TYPE)]);
+    // Exactly one request, to the API, with the filter; never the tag schema.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].method, "GET");
+    assert_eq!(
+        requests[0].path,
+        format!("/v2/test/app/referrers/{SUBJECT}?artifactType=application%2Fvnd.clip.index.v1")
+    );
+}
+
+#[test]
+fn without_the_api_the_referrers_tag_is_read() {
+    let tag = format!("/v2/test/app/manifests/{}", referrers_tag(SUBJECT));
+    let listed = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [referrer(b"ours", CLIP_TYPE), referrer(b"sig", "other")],
+    }))
+    .expect("json");
+    let server = TestServer::start(move |req| {
+        if req.path == tag {
+            Response::new(200)
+                .header("Content-Type", OCI_INDEX)
+                .body(listed.clone())
+        } else {
+            Response::new(404).body(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x"}]}"#)
+        }
+    });
+    let c = client(ClientOptions::default());
+    let r: Reference = format!("{}/test/app:1", server.host())
+        .parse()
+        .expect("ref");
+    let found = c
+        .referrers(&r, SUBJECT, Some(CLIP_TYPE))
+        .expect("referrers");
+    assert_eq!(found.source, ReferrersSource::TagSchema);
+    assert_eq!(found.manifests, vec![referrer(b"ours", CLIP_TYPE)]);
+    let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert!(paths[0].contains("/referrers/"), "{paths:?}");
+    assert!(paths[1].ends_with(&referrers_tag(SUBJECT)), "{paths:?}");
+}
+
+/// A registry that stores what is pushed (blobs and manifests by path), answering uploads
+/// the way CNCF Distribution does; `oci_subject` makes manifest pushes answer `OCI-Subject`.
+fn storing_server(oci_subject: bool) -> (TestServer, Arc<Mutex<HashMap<String, Vec<u8>>>>) {
+    let store: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let kept = store.clone();
+    let server = TestServer::start(move |req| {
+        let mut store = kept.lock().expect("store");
+        let path = req.path.split('?').next().unwrap_or("").to_string();
+        match req.method.as_str() {
+            "HEAD" | "GET" => match store.get(&path) {
+                Some(body) => Response::new(200)
+                    .header("Content-Type", OCI_INDEX)
+                    .header("ETag", format!("\"{}\"", sha256_digest(body)))
+                    .body(if req.method == "HEAD" {
+                        Vec::new()
+                    } else {
+                        body.clone()
+                    }),
+                None => Response::new(404)
+                    .body(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}"#),
+            },
+            "POST" => {
+                Response::new(202).header("Location", "/v2/test/app/blobs/uploads/u1?_state=x")
+            }
+            "PUT" if path.starts_with("/v2/test/app/blobs/uploads/") => {
+                let digest = req
+                    .path
+                    .split("digest=")
+                    .nth(1)
+                    .unwrap_or("")
+                    .replace("%3A", ":");
+                store.insert(format!("/v2/test/app/blobs/{digest}"), req.body.clone());
+                Response::new(201)
+            }
+            "PUT" => {
+                store.insert(path, req.body.clone());
+                let mut resp = Response::new(201);
+                if oci_subject {
+                    resp = resp.header("OCI-Subject", SUBJECT);
+                }
+                resp
+            }
+            _ => Response::new(405),
+        }
+    });
+    (server, store)
+}
+
+#[test]
+fn uploads_and_the_referrers_tag_keep_everyone_elses_entries() {
+    let (server, store) = storing_server(false);
+    let c = client(ClientOptions::default());
+    let r: Reference = format!("{}/test/app:1", server.host())
+        .parse()
+        .expect("ref");
+
+    // A blob: uploaded once, then found and not uploaded again.
+    let digest = c.push_blob(&r, b"index bytes").expect("push");
+    assert_eq!(digest, sha256_digest(b"index bytes"));
+    let before = server.requests().len();
+    c.push_blob(&r, b"index bytes").expect("push again");
+    let again: Vec<String> = server.requests()[before..]
+        .iter()
+        .map(|q| q.method.clone())
+        .collect();
+    assert_eq!(again, ["HEAD"]);
+
+    // Someone else's signature is in the tag already.
+    let sig = referrer(b"sig", "application/vnd.dev.cosign.artifact.sig.v1+json");
+    c.add_referrer(&r, SUBJECT, &sig, &|_| false).expect("sig");
+    // Ours, then a newer version of ours: the older one is replaced, the signature kept.
+    let old = referrer(b"old", CLIP_TYPE);
+    let new = referrer(b"new", CLIP_TYPE);
+    let is_ours = |d: &Descriptor| d.artifact_type.as_deref() == Some(CLIP_TYPE);
+    c.add_referrer(&r, SUBJECT, &old, &is_ours).expect("old");
+    c.add_referrer(&r, SUBJECT, &new, &is_ours).expect("new");
+    let tag = store.lock().expect("store")
+        [&format!("/v2/test/app/manifests/{}", referrers_tag(SUBJECT))]
+        .clone();
+    let index: serde_json::Value = serde_json::from_slice(&tag).expect("json");
+    let digests: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|d| d["digest"].as_str().expect("digest"))
+        .collect();
+    assert_eq!(digests, [sig.digest.as_str(), new.digest.as_str()]);
+    assert_eq!(index["mediaType"], OCI_INDEX);
+    // The write was conditional on what was read.
+    let conditional = server
+        .requests()
+        .into_iter()
+        .filter(|q| q.method == "PUT" && q.path.contains("/manifests/sha256-"))
+        .filter(|q| q.header("If-Match").is_some())
+        .count();
+    assert!(
+        conditional >= 2,
+        "updates of an existing tag carry If-Match"
+    );
+}
+
+#[test]
+fn a_registry_that_indexes_subjects_says_so_on_push() {
+    let (server, _) = storing_server(true);
+    let c = client(ClientOptions::default());
+    let r: Reference = format!("{}/test/app:1", server.host())
+        .parse()
+        .expect("ref");
+    let body = br#"{"schemaVersion":2}"#;
+    let digest = sha256_digest(body);
+    let pushed = c
+        .push_manifest(&r, &digest, OCI_MANIFEST, body, None)
+        .expect("push");
+    assert!(pushed.subject_indexed);
+    assert_eq!(pushed.digest, digest);
+    // A manifest pushed under a digest it does not have is refused before any request.
+    let n = server.requests().len();
+    assert!(matches!(
+        c.push_manifest(&r, SUBJECT, OCI_MANIFEST, body, None),
+        Err(RegistryError::DigestMismatch { .. })
+    ));
+    assert_eq!(server.requests().len(), n);
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
+    pub(crate) method: String,
     pub(crate) path: String,
     pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Request {
@@ -112,6 +114,7 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
         return;
     }
+    let method = line.split(' ').next().unwrap_or("").to_string();
     let path = line.split(' ').nth(1).unwrap_or("").to_string();
     let mut headers = Vec::new();
     loop {
@@ -127,7 +130,21 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let request = Request { path, headers };
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length.min(16 << 20)];
+    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        return;
+    }
+    let request = Request {
+        method,
+        path,
+        headers,
+        body,
+    };
     log.lock().expect("log").push(request.clone());
     let response = handler(&request);
 
