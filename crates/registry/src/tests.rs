@@ -1256,8 +1256,10 @@ fn without_the_api_the_referrers_tag_is_read() {
 
 /// A registry that stores what is pushed (blobs and manifests by path), answering uploads
 /// the way CNCF Distribution does; `oci_subject` makes manifest pushes answer `OCI-Subject`.
-fn storing_server(oci_subject: bool) -> (TestServer, Arc<Mutex<HashMap<String, Vec<u8>>>>) {
-    let store: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+type Stored = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+fn storing_server(oci_subject: bool) -> (TestServer, Stored) {
+    let store: Stored = Arc::default();
     let kept = store.clone();
     let server = TestServer::start(move |req| {
         let mut store = kept.lock().expect("store");
