@@ -1,0 +1,357 @@
+//! Indexes that travel with their image: `clip index --push` puts the index in the image's own
+//! repository as an OCI artifact; any machine finds it (`clip pull`, `clip inspect IMAGE`,
+//! `clip mount IMAGE`) through the referrers tag of CNCF Distribution 2.8, which has no
+//! referrers API (that path is tested against a recording server in `clip-registry`). Every
+//! refusal is checked: an artifact whose blob lies, an index of another image, no index with
+//! `--no-index`.
+
+mod support;
+
+use clip_testkit::{Image, Layer, ManifestFlavor, Registry};
+use serde_json::Value;
+use support::*;
+
+fn image(registry: &Registry, tag: &str, marker: &str) -> clip_testkit::PushedImage {
+    let base = Layer::from_fixture(&format!(
+        "/etc dir 0755 0 0\n/etc/marker file 0644 0 0 content=\"{marker}\\n\"\n/data dir 0755 0 0\n/data/big file 0644 0 0 size=900000 seed=3 text"
+    ));
+    let top =
+        Layer::from_fixture("/app dir 0755 0 0\n/app/run file 0755 0 0 content=\"#!/bin/sh\\n\"");
+    Image::new()
+        .layer(base)
+        .layer(top)
+        .push(registry, tag, ManifestFlavor::Oci)
+}
+
+fn json(run: Run) -> Value {
+    serde_json::from_str(&run.success().stdout()).expect("JSON")
+}
+
+fn referrers_tag_entries(registry: &Registry, repo: &str, subject: &str) -> Vec<Value> {
+    let (_, body) = registry
+        .client()
+        .get_manifest(
+            repo,
+            &subject.replacen(':', "-", 1),
+            "application/vnd.oci.image.index.v1+json",
+        )
+        .expect("the referrers tag");
+    let index: Value = serde_json::from_slice(&body).expect("index JSON");
+    index["manifests"].as_array().expect("manifests").clone()
+}
+
+#[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry (scripts/test.sh runs it)"]
+fn an_index_pushed_once_serves_a_second_node() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let pushed = image(&registry, "app:1", "second node");
+    let image_ref = image_ref(&registry, "app:1");
+    let first = scratch.path("first-node-cache");
+    let second = scratch.path("second-node-cache");
+
+    let out = json(clip(&[
+        "index",
+        "--push",
+        "--quiet",
+        "--json",
+        "--cache-dir",
+        first.to_str().unwrap(),
+        &image_ref,
+    ]));
+    assert_eq!(out["pushed"]["via"], "referrers-tag", "{out}");
+    let artifact = out["pushed"]["artifact"].as_str().unwrap().to_string();
+    let entries = referrers_tag_entries(&registry, "app", &pushed.manifest_digest);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["digest"], artifact.as_str());
+    assert_eq!(entries[0]["artifactType"], "application/vnd.clip.index.v1");
+
+    // The second node: an empty cache. It downloads the artifact once, and no layer blob.
+    let mark = registry.log_mark();
+    let pulled = json(clip(&[
+        "pull",
+        "--json",
+        "--cache-dir",
+        second.to_str().unwrap(),
+        &image_ref,
+    ]));
+    assert_eq!(pulled["source"], "registry", "{pulled}");
+    assert_eq!(pulled["artifact"], artifact.as_str());
+    assert_eq!(pulled["via"], "referrers-tag");
+    let requests = registry.requests_since(mark);
+    let gets = |what: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.uri.contains(what))
+            .count()
+    };
+    assert_eq!(gets(&format!("/manifests/{artifact}")), 1, "{requests:#?}");
+    let index_blob = registry
+        .client()
+        .get_manifest(
+            "app",
+            &artifact,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .map(|(_, body)| serde_json::from_slice::<Value>(&body).unwrap())
+        .unwrap()["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(gets(&format!("/blobs/{index_blob}")), 1);
+    for layer in &pushed.layers {
+        assert_eq!(
+            gets(&format!("/blobs/{}", layer.digest)),
+            0,
+            "no layer is pulled"
+        );
+    }
+
+    // Again: from the local store, without asking for the artifact.
+    let mark = registry.log_mark();
+    let again = json(clip(&[
+        "pull",
+        "--json",
+        "--cache-dir",
+        second.to_str().unwrap(),
+        &image_ref,
+    ]));
+    assert_eq!(again["source"], "store", "{again}");
+    let requests = registry.requests_since(mark);
+    assert!(
+        requests.iter().all(|r| !r.uri.contains(&artifact)
+            && !r.uri.contains(&index_blob)
+            && pushed.layers.iter().all(|l| !r.uri.contains(&l.digest))),
+        "{requests:#?}"
+    );
+    let shown = clip(&[
+        "inspect",
+        "--cache-dir",
+        second.to_str().unwrap(),
+        &image_ref,
+    ])
+    .success()
+    .stdout();
+    assert!(shown.contains("downloaded from the registry"), "{shown}");
+
+    // Mounted by its reference: only Range requests reach the layer blobs.
+    let mark = registry.log_mark();
+    let mount = Mount::start(
+        std::path::Path::new(&image_ref),
+        &scratch.path("mnt"),
+        &second,
+        &[],
+    );
+    assert_eq!(
+        std::fs::read(mount.dir.join("etc/marker")).unwrap(),
+        b"second node\n"
+    );
+    let big = std::fs::read(mount.dir.join("data/big")).unwrap();
+    assert_eq!(big.len(), 900_000);
+    mount.unmount();
+    let layer_reads: Vec<_> = registry
+        .requests_since(mark)
+        .into_iter()
+        .filter(|r| pushed.layers.iter().any(|l| r.uri.contains(&l.digest)))
+        .collect();
+    assert!(!layer_reads.is_empty());
+    assert!(
+        layer_reads.iter().all(|r| r.is_partial()),
+        "a whole layer was pulled: {layer_reads:#?}"
+    );
+}
+
+#[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
+fn the_referrers_tag_keeps_what_other_tools_put_there() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let pushed = image(&registry, "app:1", "shared tag");
+    let client = registry.client();
+    // A signature, the way cosign-like tools attach one: an artifact referring to the image,
+    // listed in the referrers tag.
+    let empty = client.push_blob("app", b"{}").unwrap();
+    let sig_blob = client.push_blob("app", b"a signature").unwrap();
+    let sig = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": sig_blob, "size": 11}],
+        "subject": {"mediaType": pushed.manifest_media_type, "digest": pushed.manifest_digest, "size": pushed.manifest_size},
+    });
+    let sig_body = serde_json::to_vec(&sig).unwrap();
+    let sig_digest = clip_testkit::sha256_digest(&sig_body);
+    client
+        .push_manifest(
+            "app",
+            &sig_digest,
+            "application/vnd.oci.image.manifest.v1+json",
+            &sig_body,
+        )
+        .unwrap();
+    let tag = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sig_digest, "size": sig_body.len(),
+            "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+        }],
+    });
+    client
+        .push_manifest(
+            "app",
+            &pushed.manifest_digest.replacen(':', "-", 1),
+            "application/vnd.oci.image.index.v1+json",
+            &serde_json::to_vec(&tag).unwrap(),
+        )
+        .unwrap();
+
+    let cache = scratch.path("cache");
+    let image_ref = image_ref(&registry, "app:1");
+    for _ in 0..2 {
+        clip(&[
+            "index",
+            "--push",
+            "--quiet",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            &image_ref,
+        ])
+        .success();
+        let entries = referrers_tag_entries(&registry, "app", &pushed.manifest_digest);
+        let types: Vec<&str> = entries
+            .iter()
+            .map(|e| e["artifactType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "application/vnd.dev.cosign.artifact.sig.v1+json",
+                "application/vnd.clip.index.v1"
+            ],
+            "pushing (again) keeps the signature and lists one clip index"
+        );
+        assert_eq!(entries[0]["digest"], sig_digest.as_str());
+    }
+}
+
+#[test]
+#[ignore = "integration: needs docker-registry (scripts/test.sh runs it)"]
+fn lying_or_missing_indexes_are_refused() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let a = image(&registry, "app:a", "image a");
+    let b = image(&registry, "app:b", "image b");
+    let a_ref = image_ref(&registry, "app:a");
+    let b_ref = image_ref(&registry, "app:b");
+    let fresh = |name: &str| scratch.path(name).to_str().unwrap().to_string();
+
+    // An index whose blob no longer matches its digest.
+    let out = json(clip(&[
+        "index",
+        "--push",
+        "--quiet",
+        "--json",
+        "--cache-dir",
+        &fresh("indexer"),
+        &a_ref,
+    ]));
+    let artifact = out["pushed"]["artifact"].as_str().unwrap().to_string();
+    let (_, manifest) = registry
+        .client()
+        .get_manifest(
+            "app",
+            &artifact,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .unwrap();
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    let blob = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = registry.blob_path(&blob);
+    let good = std::fs::read(&stored).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    std::fs::write(&stored, &bad).unwrap();
+    let err = clip(&["pull", "--cache-dir", &fresh("lied-to"), &a_ref]).failure();
+    assert!(err.contains("digest mismatch"), "{err}");
+    std::fs::write(&stored, &good).unwrap();
+
+    // The index of image a, presented as image b's.
+    let b_subject = serde_json::json!({
+        "mediaType": b.manifest_media_type, "digest": b.manifest_digest, "size": b.manifest_size,
+    });
+    let mut forged = manifest.clone();
+    forged["subject"] = b_subject;
+    let forged_body = serde_json::to_vec(&forged).unwrap();
+    let forged_digest = clip_testkit::sha256_digest(&forged_body);
+    let client = registry.client();
+    client
+        .push_manifest(
+            "app",
+            &forged_digest,
+            "application/vnd.oci.image.manifest.v1+json",
+            &forged_body,
+        )
+        .unwrap();
+    let tag = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": forged_digest, "size": forged_body.len(),
+            "artifactType": "application/vnd.clip.index.v1",
+            "annotations": {"dev.clip.index.format": clip_archive::FORMAT_VERSION.to_string()},
+        }],
+    });
+    client
+        .push_manifest(
+            "app",
+            &b.manifest_digest.replacen(':', "-", 1),
+            "application/vnd.oci.image.index.v1+json",
+            &serde_json::to_vec(&tag).unwrap(),
+        )
+        .unwrap();
+    let cache = fresh("forged");
+    let err = clip(&["pull", "--cache-dir", &cache, &b_ref]).failure();
+    assert!(err.contains("does not belong to"), "{err}");
+    assert!(
+        err.contains(&a.manifest_digest),
+        "names the manifest it indexes: {err}"
+    );
+    assert!(
+        std::fs::read_dir(std::path::Path::new(&cache).join("indexes/f2"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "nothing refused is kept"
+    );
+
+    // No index at all.
+    image(&registry, "other:1", "no index");
+    let other = image_ref(&registry, "other:1");
+    let err = clip(&[
+        "pull",
+        "--no-index",
+        "--cache-dir",
+        &fresh("strict"),
+        &other,
+    ])
+    .failure();
+    assert!(err.contains("has no clip index"), "{err}");
+    assert!(err.contains("--push"), "says how to make one: {err}");
+    // Without --no-index it is made here, and says so.
+    let made = clip(&["pull", "--json", "--cache-dir", &fresh("lenient"), &other]).success();
+    assert!(
+        made.stderr().contains("indexing it here"),
+        "{}",
+        made.stderr()
+    );
+    let v: Value = serde_json::from_str(&made.stdout()).unwrap();
+    assert_eq!(v["source"], "indexed-here");
+}
