@@ -78,7 +78,8 @@ fn main() -> ExitCode {
 
 /// The registry client for `reference`: explicit credentials from `--creds` for its registry
 /// only (see [`creds::for_registry`]; else the usual auth files, read by the client on a 401),
-/// plain HTTP for its registry with `--insecure`.
+/// plain HTTP for its registry with `--insecure`, and the mirrors this machine configures
+/// (`registries.conf`, containerd's `hosts.toml`) for reads.
 fn registry_client(
     creds: Option<&str>,
     source: creds::ImageSource<'_>,
@@ -90,6 +91,7 @@ fn registry_client(
     let mut options = clip_registry::ClientOptions {
         creds,
         retry,
+        mirrors: clip_registry::Mirrors::from_system()?,
         ..clip_registry::ClientOptions::default()
     };
     if insecure {

@@ -355,3 +355,107 @@ fn lying_or_missing_indexes_are_refused() {
     let v: Value = serde_json::from_str(&made.stdout()).unwrap();
     assert_eq!(v["source"], "indexed-here");
 }
+
+#[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry (scripts/test.sh runs it)"]
+fn mirrors_serve_reads_and_the_registry_is_the_fallback() {
+    let origin = Registry::start();
+    let scratch = Scratch::new();
+    let pushed = image(&origin, "app:1", "through a mirror");
+    let image_ref = image_ref(&origin, "app:1");
+    clip(&[
+        "index",
+        "--push",
+        "--quiet",
+        "--cache-dir",
+        scratch.path("ci").to_str().unwrap(),
+        &image_ref,
+    ])
+    .success();
+    let mirror = Registry::start_mirror_of(&origin);
+    let conf = scratch.path("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"{o}\"\nlocation = \"{o}\"\n[[registry.mirror]]\nlocation = \"{m}\"\ninsecure = true\n",
+            o = origin.addr(),
+            m = mirror.addr()
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap().to_string();
+    let from_clip = |r: &clip_testkit::AccessLogEntry| r.user_agent.starts_with("clip/");
+    let cache = scratch.path("node");
+
+    // The index is found and downloaded through the mirror: clip asks the registry nothing.
+    let mark_origin = origin.log_mark();
+    let pulled = clip_command()
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .args([
+            "pull",
+            "--json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            &image_ref,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let v: Value = serde_json::from_slice(&pulled.stdout).unwrap();
+    assert_eq!(v["source"], "registry", "{v}");
+    let asked: Vec<_> = origin
+        .requests_since(mark_origin)
+        .into_iter()
+        .filter(|r| from_clip(r))
+        .collect();
+    assert!(asked.is_empty(), "clip went to the registry: {asked:#?}");
+    assert!(mirror
+        .requests()
+        .iter()
+        .any(|r| from_clip(r) && r.uri.contains("/manifests/")));
+
+    // Mounted by reference: the file's bytes come through the mirror.
+    let before_mount = origin.log_mark();
+    let mount = Mount::try_start_env(
+        std::path::Path::new(&image_ref),
+        &scratch.path("mnt"),
+        &cache,
+        &["--read-timeout", "60"],
+        &[("CONTAINERS_REGISTRIES_CONF", conf.as_str())],
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(mount.dir.join("etc/marker")).unwrap(),
+        b"through a mirror\n"
+    );
+    let layer_reads = |requests: Vec<clip_testkit::AccessLogEntry>| {
+        requests
+            .into_iter()
+            .filter(|q| from_clip(q) && pushed.layers.iter().any(|l| q.uri.contains(&l.digest)))
+            .count()
+    };
+    assert!(layer_reads(mirror.requests()) > 0);
+    assert_eq!(
+        layer_reads(origin.requests_since(before_mount)),
+        0,
+        "no layer read went to the registry: {}",
+        mount.log()
+    );
+
+    // The mirror goes away: reads (of the other layer, not read yet) fall back to the
+    // registry, and are still right.
+    drop(mirror);
+    assert_eq!(
+        std::fs::read(mount.dir.join("app/run")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    assert!(
+        layer_reads(origin.requests_since(before_mount)) > 0,
+        "the registry served what the mirror could not"
+    );
+    mount.unmount();
+}

@@ -352,10 +352,19 @@ impl Shared {
         }
         let deadline = self.deadline(since);
         let mut retried = false;
+        let mut refetched = false;
         let mut pause = RETRY_PAUSE;
         loop {
             let (parts, readies) = match self.obtain(l, &spans, deadline) {
                 Ok(ready) => ready,
+                // Bytes that did not verify may have come from a mirror: with the mirrors now
+                // out of use, fetch once more, from the registry itself.
+                Err(FetchError::DigestMismatch { .. })
+                    if !refetched && self.client.has_mirrors(&self.reference) =>
+                {
+                    refetched = true;
+                    continue;
+                }
                 // The registry failed for now: within the read's budget, try again (the
                 // client's own retries are over for that fetch).
                 Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
@@ -960,6 +969,10 @@ impl Shared {
         found: [u8; 32],
     ) -> FetchError {
         bump(&self.counters.verify_failures, 1);
+        if self.client.distrust_mirrors(&self.reference) {
+            tracing::warn!(layer = %l.digest, span = i,
+                "bytes that did not verify may have come from a mirror: reading from the registry itself for a while");
+        }
         let expected = hex::encode(info.digest);
         let found = hex::encode(found);
         tracing::error!(layer = %l.digest, span = i, %expected, %found,

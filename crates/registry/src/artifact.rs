@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use ureq::http::header;
 use ureq::ResponseExt as _;
 
-use crate::client::{header_str, parse_json, Method, Req, MAX_MANIFEST};
+use crate::client::{header_str, parse_json, Failure, Method, Req, MAX_MANIFEST};
 use crate::error::Target;
 use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
 use crate::reference::check_digest;
@@ -213,8 +213,8 @@ impl Client {
         tag_or_digest: &str,
         accept: &'static str,
     ) -> Result<Option<FetchedManifest>, RegistryError> {
-        let url = format!("{}/manifests/{tag_or_digest}", self.base_url(reference));
-        let name = if tag_or_digest.contains(':') {
+        let by_digest = tag_or_digest.contains(':');
+        let name = if by_digest {
             reference.with_digest(tag_or_digest).to_string()
         } else {
             format!(
@@ -222,10 +222,11 @@ impl Client {
                 reference.registry, reference.repository
             )
         };
-        let fetched = self.with_retry(&url, || {
+        let fetched = self.read_with_mirrors(reference, by_digest, |endpoint| {
+            let url = format!("{}/manifests/{tag_or_digest}", self.base_url(endpoint));
             let mut req = Req::get(
-                reference,
-                url.clone(),
+                endpoint,
+                url,
                 Target::Manifest {
                     reference: name.clone(),
                 },
@@ -237,6 +238,10 @@ impl Client {
             let answered = resp.get_uri().to_string();
             let body =
                 self.read_capped(resp, MAX_MANIFEST, &format!("manifest {name}"), &answered)?;
+            if by_digest {
+                // Checked here, so that a mirror serving other bytes falls back to the next.
+                verify_digest(&format!("manifest {name}"), tag_or_digest, &body)?;
+            }
             Ok((body, content_type, etag))
         });
         let (body, content_type, etag) = match fetched {
@@ -245,9 +250,6 @@ impl Client {
             Err(e) => return Err(e),
         };
         let digest = sha256_digest(&body);
-        if tag_or_digest.contains(':') {
-            verify_digest(&format!("manifest {name}"), tag_or_digest, &body)?;
-        }
         let media_type = serde_json::from_slice::<MediaTypeProbe>(&body)
             .ok()
             .and_then(|p| p.media_type)
@@ -297,21 +299,22 @@ impl Client {
     }
 
     /// `GET /v2/<name>/referrers/<digest>`; `Ok(None)` when the registry has no referrers API.
+    /// Mirrors are asked first; one without the API (or failing) passes the question on.
     fn referrers_api(
         &self,
         reference: &Reference,
         subject: &str,
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
-        let mut url = format!("{}/referrers/{subject}", self.base_url(reference));
-        if let Some(t) = artifact_type {
-            url.push_str(&format!("?artifactType={}", crate::client::encode_query(t)));
-        }
         let name = reference.with_digest(subject).to_string();
-        let fetched = self.with_retry(&url, || {
+        let mut ask = |endpoint: &Reference| -> Result<Vec<Descriptor>, Failure> {
+            let mut url = format!("{}/referrers/{subject}", self.base_url(endpoint));
+            if let Some(t) = artifact_type {
+                url.push_str(&format!("?artifactType={}", crate::client::encode_query(t)));
+            }
             let mut req = Req::get(
-                reference,
-                url.clone(),
+                endpoint,
+                url,
                 Target::Manifest {
                     reference: format!("referrers of {name}"),
                 },
@@ -325,13 +328,21 @@ impl Client {
                 &format!("referrers of {name}"),
                 &answered,
             )?;
-            Ok((body, answered))
-        });
-        match fetched {
-            Ok((body, answered)) => {
-                let index: Index = parse_json(&answered, "referrers index", &body)?;
-                Ok(Some(index.manifests))
-            }
+            let index: Index = parse_json(&answered, "referrers index", &body)?;
+            Ok(index.manifests)
+        };
+        if let Some(found) = self.try_mirrors(reference, true, &mut ask) {
+            return Ok(Some(found));
+        }
+        if self.mirror_answered_no_api(reference) {
+            // A mirror that works but has no referrers API (a pull-through cache, typically):
+            // the tag schema, through it, rather than a question to the registry itself,
+            // which a node behind a mirror may not reach at all.
+            return Ok(None);
+        }
+        let url = format!("{}/referrers/{subject}", self.base_url(reference));
+        match self.with_retry(&url, || ask(reference)) {
+            Ok(found) => Ok(Some(found)),
             // No such endpoint (or nothing refers to it, which a registry with the API answers
             // with an empty index, not a 404): the tag schema.
             Err(

@@ -316,9 +316,9 @@ impl Client {
             return Ok(Vec::new());
         }
         check_blob_digest(digest)?;
-        let url = self.blob_url(reference, digest);
-        self.with_retry(&url, || {
-            self.fetch_range_once(reference, digest, &url, &range)
+        self.read_with_mirrors(reference, true, |endpoint| {
+            let url = self.blob_url(endpoint, digest);
+            self.fetch_range_once(endpoint, digest, &url, &range)
         })
     }
 
@@ -449,8 +449,23 @@ impl Client {
         Ok(buf)
     }
 
-    /// Opens a blob at `pos` (with `Range: bytes=pos-` when `pos > 0`).
+    /// Opens a blob at `pos` (with `Range: bytes=pos-` when `pos > 0`): from a mirror if one
+    /// answers, else (one attempt) from the registry.
     pub(crate) fn open_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        size: u64,
+        pos: u64,
+    ) -> Result<OpenedBlob, Failure> {
+        let mut open = |endpoint: &Reference| self.open_blob_at(endpoint, digest, size, pos);
+        match self.try_mirrors(reference, true, &mut open) {
+            Some(opened) => Ok(opened),
+            None => open(reference),
+        }
+    }
+
+    fn open_blob_at(
         &self,
         reference: &Reference,
         digest: &str,

@@ -16,7 +16,7 @@ use crate::error::{error_from_response, summarize_body, ureq_to_io, Target};
 use crate::redirect::{self, MAX_REDIRECTS};
 use crate::reference::api_host;
 use crate::retry::{parse_retry_after, Attempts, RetryPolicy};
-use crate::{Reference, RegistryError};
+use crate::{Mirrors, Reference, RegistryError};
 
 /// Manifests and image configs larger than this are refused.
 pub(crate) const MAX_MANIFEST: u64 = 8 << 20;
@@ -24,6 +24,8 @@ pub(crate) const MAX_MANIFEST: u64 = 8 << 20;
 const MAX_TOKEN: u64 = 1 << 20;
 /// At most this much of an error body is read.
 const MAX_ERROR_BODY: u64 = 64 << 10;
+/// How long a mirror that failed is skipped before it is tried again.
+const MIRROR_REST: Duration = Duration::from_secs(30);
 /// Token lifetime when the token service does not say (the distribution spec's minimum).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Tokens are renewed after a year at the latest, whatever the service says.
@@ -41,6 +43,9 @@ pub struct ClientOptions {
     /// Registries spoken to over plain HTTP (`host:port` or `host`); loopback always is.
     pub insecure_registries: Vec<String>,
     pub retry: RetryPolicy,
+    /// Mirrors to read from before the registry itself ([`Mirrors::from_system`] reads the
+    /// machine's configuration). Writes never go to a mirror.
+    pub mirrors: Mirrors,
     /// Time to establish a connection (TCP and TLS).
     pub connect_timeout: Duration,
     /// Longest wait for any single read from the network; a stalled body fails and is retried.
@@ -54,6 +59,7 @@ impl Default for ClientOptions {
             creds: None,
             insecure_registries: Vec::new(),
             retry: RetryPolicy::default(),
+            mirrors: Mirrors::none(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             user_agent: concat!("clip/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -116,6 +122,8 @@ struct Inner {
     schemes: Mutex<HashMap<String, Scheme>>,
     /// Bearer tokens per (registry, scope).
     tokens: Mutex<HashMap<(String, String), Token>>,
+    /// Mirrors that failed recently, and when: skipped for [`MIRROR_REST`].
+    mirrors_down: Mutex<HashMap<String, Instant>>,
     stats: Stats,
 }
 
@@ -272,6 +280,13 @@ impl Client {
             });
         }
         opts.retry.max_attempts = opts.retry.max_attempts.max(1);
+        let insecure_mirrors: Vec<String> = opts
+            .mirrors
+            .locations()
+            .filter(|m| m.insecure)
+            .map(|m| m.location.split('/').next().unwrap_or_default().to_string())
+            .collect();
+        opts.insecure_registries.extend(insecure_mirrors);
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             // Redirects are followed by `send`, which keeps Authorization only within one
@@ -294,6 +309,7 @@ impl Client {
                 creds: Mutex::default(),
                 schemes: Mutex::default(),
                 tokens: Mutex::default(),
+                mirrors_down: Mutex::default(),
                 stats: Stats::default(),
             }),
         })
@@ -348,6 +364,111 @@ impl Client {
 
     pub(crate) fn blob_url(&self, reference: &Reference, digest: &str) -> String {
         format!("{}/blobs/{digest}", self.base_url(reference))
+    }
+
+    /// Runs a read of `reference` (content addressed by digest when `by_digest`) against its
+    /// mirrors first, each once — a mirror that fails is skipped by later reads for a while —
+    /// then against the registry itself, under the retry policy. `op` gets the image as the
+    /// endpoint names it. What a mirror serves is verified like what the registry serves: by
+    /// the callers, against digests.
+    pub(crate) fn read_with_mirrors<T>(
+        &self,
+        reference: &Reference,
+        by_digest: bool,
+        mut op: impl FnMut(&Reference) -> Result<T, Failure>,
+    ) -> Result<T, RegistryError> {
+        if let Some(v) = self.try_mirrors(reference, by_digest, &mut op) {
+            return Ok(v);
+        }
+        let url = self.base_url(reference);
+        self.with_retry(&url, || op(reference))
+    }
+
+    /// Whether a mirror of `reference` is in use right now (configured and not resting after
+    /// a failure): a question it answered "not found" need not go to the registry.
+    pub(crate) fn mirror_answered_no_api(&self, reference: &Reference) -> bool {
+        let down = lock(&self.inner.mirrors_down);
+        self.inner
+            .opts
+            .mirrors
+            .endpoints(reference, true)
+            .iter()
+            .filter(|e| e.mirror)
+            .any(|e| {
+                down.get(&e.reference.registry)
+                    .is_none_or(|since| since.elapsed() >= MIRROR_REST)
+            })
+    }
+
+    /// Whether reads of `reference` may go to mirrors.
+    pub fn has_mirrors(&self, reference: &Reference) -> bool {
+        self.inner
+            .opts
+            .mirrors
+            .endpoints(reference, true)
+            .iter()
+            .any(|e| e.mirror)
+    }
+
+    /// Takes the mirrors of `reference` out of use for a while, because bytes read through
+    /// this client did not verify (the caller checks content against digests, the client
+    /// does not know which endpoint served a range): the next reads go to the registry
+    /// itself. Returns whether there were any.
+    pub fn distrust_mirrors(&self, reference: &Reference) -> bool {
+        let mut any = false;
+        let mut down = lock(&self.inner.mirrors_down);
+        for endpoint in self.inner.opts.mirrors.endpoints(reference, true) {
+            if endpoint.mirror {
+                down.insert(endpoint.reference.registry, Instant::now());
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Tries `op` once on each mirror of `reference` (skipping those that failed recently, and
+    /// marking those that fail now); the first success, if any.
+    pub(crate) fn try_mirrors<T>(
+        &self,
+        reference: &Reference,
+        by_digest: bool,
+        op: &mut impl FnMut(&Reference) -> Result<T, Failure>,
+    ) -> Option<T> {
+        if self.inner.opts.mirrors.is_empty() {
+            return None;
+        }
+        for endpoint in self.inner.opts.mirrors.endpoints(reference, by_digest) {
+            if !endpoint.mirror {
+                break;
+            }
+            let host = endpoint.reference.registry.clone();
+            let resting = lock(&self.inner.mirrors_down)
+                .get(&host)
+                .is_some_and(|since| since.elapsed() < MIRROR_REST);
+            if resting {
+                continue;
+            }
+            match op(&endpoint.reference) {
+                Ok(v) => return Some(v),
+                // A mirror may lack what its registry has (a pull-through cache fills on
+                // demand; a mirror may have no referrers API): not a failure of the mirror.
+                Err(Failure {
+                    error:
+                        RegistryError::ManifestNotFound { .. }
+                        | RegistryError::BlobNotFound { .. }
+                        | RegistryError::RepositoryNotFound { .. },
+                    ..
+                }) => {
+                    tracing::debug!(mirror = %host, "the mirror does not have it; trying the next");
+                }
+                Err(f) => {
+                    tracing::warn!(mirror = %host, error = %f.error,
+                        "mirror failed; trying the next, then the registry itself");
+                    lock(&self.inner.mirrors_down).insert(host, Instant::now());
+                }
+            }
+        }
+        None
     }
 
     /// Runs `attempt` until it succeeds, fails permanently, or the retry policy gives up.

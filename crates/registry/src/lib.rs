@@ -58,6 +58,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod manifest;
+mod mirror;
 mod platform;
 mod redirect;
 mod reference;
@@ -78,6 +79,7 @@ pub use blob::BlobReader;
 pub use client::{Client, ClientOptions, Stats, StatsSnapshot};
 pub use error::RegistryError;
 pub use manifest::{Compression, LayerDescriptor};
+pub use mirror::{Endpoint, Mirror, Mirrors};
 pub use platform::Platform;
 pub use reference::Reference;
 pub use resolve::ResolvedImage;

@@ -119,16 +119,17 @@ impl Client {
         reference: &Reference,
         tag_or_digest: &str,
     ) -> Result<Fetched, RegistryError> {
-        let url = format!("{}/manifests/{tag_or_digest}", self.base_url(reference));
         let name = if tag_or_digest == reference.manifest_ref() {
             reference.to_string()
         } else {
             reference.with_digest(tag_or_digest).to_string()
         };
-        self.with_retry(&url, || {
+        let by_digest = tag_or_digest.contains(':');
+        self.read_with_mirrors(reference, by_digest, |endpoint| {
+            let url = format!("{}/manifests/{tag_or_digest}", self.base_url(endpoint));
             let req = Req {
-                reference,
-                url: url.clone(),
+                reference: endpoint,
+                url,
                 method: Method::Get,
                 if_match: None,
                 accept: Some(manifest::MANIFEST_ACCEPT),
@@ -147,6 +148,10 @@ impl Client {
                 &format!("manifest of {name}"),
                 &final_url,
             )?;
+            if by_digest {
+                // Checked here, so that a mirror serving other bytes falls back to the next.
+                verify_digest(&format!("manifest of {name}"), tag_or_digest, &body)?;
+            }
             Ok(Fetched {
                 body,
                 content_type,
@@ -162,23 +167,23 @@ impl Client {
         digest: &str,
         what: &str,
     ) -> Result<Vec<u8>, RegistryError> {
-        let url = self.blob_url(reference, digest);
-        self.with_retry(&url, || {
-            let req = Req {
-                reference,
-                url: url.clone(),
-                method: Method::Get,
-                if_match: None,
-                accept: None,
-                range: None,
-                target: Target::Blob {
+        self.read_with_mirrors(reference, true, |endpoint| {
+            let url = self.blob_url(endpoint, digest);
+            let req = Req::get(
+                endpoint,
+                url,
+                Target::Blob {
                     reference: reference.to_string(),
                     digest,
                 },
-            };
+            );
             let resp = self.exchange(&req)?;
             let final_url = resp.get_uri().to_string();
-            self.read_capped(resp, MAX_MANIFEST, what, &final_url)
+            // A mirror's bytes are checked against the digest here, so that a bad one falls
+            // back to the next endpoint rather than failing the read.
+            let body = self.read_capped(resp, MAX_MANIFEST, what, &final_url)?;
+            verify_digest(what, digest, &body)?;
+            Ok(body)
         })
     }
 }

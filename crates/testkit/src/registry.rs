@@ -113,16 +113,25 @@ pub struct LogMark(usize);
 impl Registry {
     /// Starts an anonymous registry. Panics (with the registry's log) if it does not come up.
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_inner(None, "")
     }
 
     /// Starts a registry that requires HTTP basic auth with these credentials (htpasswd file
     /// made with `htpasswd -Bbn`; unauthenticated requests get `401` and a `Basic` challenge).
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Self::start_inner(Some((user.to_string(), password.to_string())))
+        Self::start_inner(Some((user.to_string(), password.to_string())), "")
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> Registry {
+    /// Starts a pull-through cache of `upstream` (Distribution's proxy mode): a mirror, as a
+    /// fleet puts in front of its registry. It fetches from `upstream` what it does not have.
+    pub fn start_mirror_of(upstream: &Registry) -> Registry {
+        Self::start_inner(
+            None,
+            &format!("proxy:\n  remoteurl: http://{}\n", upstream.addr()),
+        )
+    }
+
+    fn start_inner(credentials: Option<(String, String)>, extra: &str) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("clip-registry-")
             .tempdir()
@@ -147,6 +156,7 @@ impl Registry {
                 path.display()
             );
         }
+        auth.push_str(extra);
         let mut last_log = String::new();
         for _attempt in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());

@@ -61,7 +61,10 @@ pub fn clip_command() -> Command {
             "CLIP_CACHE_DIR",
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("clip-test-cache"),
         )
-        .env_remove("XDG_RUNTIME_DIR");
+        .env_remove("XDG_RUNTIME_DIR")
+        // Nor the machine's mirror configuration.
+        .env("CONTAINERS_REGISTRIES_CONF", "/dev/null")
+        .env("CLIP_REGISTRY_HOSTS_DIR", "/nonexistent");
     c
 }
 
@@ -211,6 +214,17 @@ impl Mount {
         cache: &Path,
         extra: &[&str],
     ) -> Result<Mount, String> {
+        Mount::try_start_env(archive, dir, cache, extra, &[])
+    }
+
+    /// Like [`Mount::try_start`], with more environment for the mount process.
+    pub fn try_start_env(
+        archive: &Path,
+        dir: &Path,
+        cache: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Mount, String> {
         use std::io::BufRead;
         let stderr = dir.with_extension("mount.log");
         let log = std::fs::File::create(&stderr).expect("mount log");
@@ -223,6 +237,7 @@ impl Mount {
             .arg("--ready-on-stdout")
             .args(extra)
             .env("RUST_LOG", "clip=info,clip_fetch=info,warn")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
