@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for SECONDS each (default 600; .ci/run runs a 20 s smoke of each) and
+# Runs every fuzz target for SECONDS each (default 600; .ci/run runs a 15 s smoke of each) and
 # prints one line per target. A crash stops the script with the target's output and the input
 # that crashed it (under fuzz/artifacts/). Errors are fine, panics are bugs.
 #
