@@ -159,6 +159,23 @@ fn an_index_pushed_once_serves_a_second_node() {
         layer_reads.iter().all(|r| r.is_partial()),
         "a whole layer was pulled: {layer_reads:#?}"
     );
+
+    // The same in the background: the daemon mounts the index located by its parent, as the
+    // image the user named.
+    let dir = scratch.path("daemon-mnt");
+    let dir_s = dir.to_str().unwrap();
+    clip(&[
+        "mount",
+        "--daemon",
+        "--cache-dir",
+        second.to_str().unwrap(),
+        &image_ref,
+        dir_s,
+    ])
+    .success();
+    let marker = std::fs::read(dir.join("etc/marker"));
+    clip(&["umount", dir_s]).success();
+    assert_eq!(marker.unwrap(), b"second node\n");
 }
 
 #[test]
