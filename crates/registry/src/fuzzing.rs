@@ -72,7 +72,7 @@ pub struct Challenge {
     pub params: Vec<(String, String)>,
 }
 
-/// [`crate::auth::parse_challenges`] over several header values.
+/// `parse_challenges` of the auth module, over several header values.
 pub fn parse_challenges(values: &[&str]) -> Vec<Challenge> {
     crate::auth::parse_challenges(values.iter().copied())
         .into_iter()
