@@ -30,6 +30,25 @@ pub struct Args {
     pub file: PathBuf,
     /// The mountpoint (created if missing).
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Return once the mount is ready and keep serving it in the background.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Let other users (e.g. a container's non-root user) use the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// With --daemon: where the background mount logs [default: next to its stats socket].
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Internal: report readiness on stdout (used by --daemon).
+    #[arg(long, hide = true)]
+    pub ready_on_stdout: bool,
+}
+
+/// How a mount serves its image: the flags `clip mount` and `clip run` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
     /// Where fetched spans are cached, shared by all mounts [default: /var/cache/clip for root,
     /// else ~/.cache/clip].
     #[arg(long)]
@@ -37,12 +56,6 @@ pub struct Args {
     /// Bound on the cache; least recently used spans are evicted beyond it.
     #[arg(long, default_value = "10G", value_parser = units::parse_size)]
     pub cache_size: u64,
-    /// Return once the mount is ready and keep serving it in the background.
-    #[arg(long)]
-    pub daemon: bool,
-    /// Let other users (e.g. a container's non-root user) use the mount.
-    #[arg(long)]
-    pub allow_other: bool,
     /// Registry credentials REGISTRY=USER:PASS, naming the registry the index names (they are
     /// used for that registry only; a plain USER:PASS is refused). Otherwise credentials come
     /// from $REGISTRY_AUTH_FILE or the docker config.
@@ -59,12 +72,6 @@ pub struct Args {
     /// Seconds a read may wait for the registry before it fails with EIO (the mount stays up).
     #[arg(long, default_value_t = 30)]
     pub read_timeout: u64,
-    /// With --daemon: where the background mount logs [default: next to its stats socket].
-    #[arg(long)]
-    pub log_file: Option<PathBuf>,
-    /// Internal: report readiness on stdout (used by --daemon).
-    #[arg(long, hide = true)]
-    pub ready_on_stdout: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,7 +126,7 @@ fn content_error(e: clip_fetch::FetchError) -> ContentError {
 
 /// Where mount daemons keep their stats sockets and logs: private to the user (`0700`,
 /// checked like the cache directory, see [`clip_fetch::open_private_dir`]).
-fn runtime_dir() -> PathBuf {
+pub fn runtime_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
         return PathBuf::from("/run/clip");
     }
@@ -161,12 +168,39 @@ pub fn run(args: Args) -> Result<()> {
 
 /// `--daemon`: start the same command in the background and wait until it reports.
 fn run_daemon(args: &Args) -> Result<()> {
-    if !args.dir.exists() {
-        std::fs::create_dir_all(&args.dir)
-            .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
+    let (pid, log) = spawn_daemon(
+        &args.file,
+        &args.dir,
+        &args.serve,
+        args.allow_other,
+        args.log_file.as_deref(),
+    )?;
+    eprintln!(
+        "mounted {} at {} (pid {pid}, log {})",
+        args.file.display(),
+        args.dir.display(),
+        log.display()
+    );
+    Ok(())
+}
+
+/// Starts `clip mount FILE DIR` in the background, in a process group of its own (a Ctrl-C
+/// in this terminal does not reach it), logging to `log_file` (default: next to its stats
+/// socket), and returns once the mount is ready: its pid and log. A mount that fails is
+/// an error with the daemon's reason.
+pub fn spawn_daemon(
+    file: &Path,
+    dir: &Path,
+    serve: &ServeArgs,
+    allow_other: bool,
+    log_file: Option<&Path>,
+) -> Result<(u32, PathBuf)> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating mountpoint {}", dir.display()))?;
     }
-    let (_, default_log) = mount_files(&args.dir)?;
-    let log_file = match &args.log_file {
+    let (_, default_log) = mount_files(dir)?;
+    let opened = match log_file {
         Some(log) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -183,34 +217,35 @@ fn run_daemon(args: &Args) -> Result<()> {
                 .open(&default_log)
         }
     };
-    let log = args.log_file.clone().unwrap_or(default_log);
-    let log_file = log_file.with_context(|| format!("opening log {}", log.display()))?;
+    let log = log_file.map(Path::to_path_buf).unwrap_or(default_log);
+    let log_handle = opened.with_context(|| format!("opening log {}", log.display()))?;
     let exe = std::env::current_exe().context("finding the clip executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount")
-        .arg(&args.file)
-        .arg(&args.dir)
+        .arg(file)
+        .arg(dir)
         .arg("--cache-size")
-        .arg(args.cache_size.to_string())
+        .arg(serve.cache_size.to_string())
         .arg("--read-timeout")
-        .arg(args.read_timeout.to_string())
+        .arg(serve.read_timeout.to_string())
         .arg("--ready-on-stdout");
-    if let Some(c) = &args.cache_dir {
+    if let Some(c) = &serve.cache_dir {
         cmd.arg("--cache-dir").arg(c);
     }
-    if args.allow_other {
+    if allow_other {
         cmd.arg("--allow-other");
     }
-    if args.insecure {
+    if serve.insecure {
         cmd.arg("--insecure");
     }
-    if let Some(c) = &args.creds {
-        cmd.env("CLIP_CREDS", c);
-    }
+    match &serve.creds {
+        Some(c) => cmd.env("CLIP_CREDS", c),
+        None => cmd.env_remove("CLIP_CREDS"),
+    };
     // Its own process group: a Ctrl-C in this terminal does not reach the daemon.
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
+        .stderr(Stdio::from(log_handle))
         .process_group(0);
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     let stdout = child.stdout.take().context("daemon stdout")?;
@@ -219,14 +254,7 @@ fn run_daemon(args: &Args) -> Result<()> {
         .read_line(&mut line)
         .context("waiting for the mount daemon")?;
     if line.trim() == "ready" {
-        eprintln!(
-            "mounted {} at {} (pid {}, log {})",
-            args.file.display(),
-            args.dir.display(),
-            child.id(),
-            log.display()
-        );
-        return Ok(());
+        return Ok((child.id(), log));
     }
     let status = child.wait().context("waiting for the mount daemon")?;
     match line.trim().strip_prefix("error: ") {
@@ -266,11 +294,11 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
         .with_context(|| format!("the index names an invalid image {:?}", meta.reference))?;
     // Blobs are addressed by digest: pin the manifest so a moved tag cannot matter.
     let reference = reference.with_digest(&meta.manifest_digest);
-    let timeout = Duration::from_secs(args.read_timeout.max(1));
+    let timeout = Duration::from_secs(args.serve.read_timeout.max(1));
     let client = crate::registry_client(
-        args.creds.as_deref(),
+        args.serve.creds.as_deref(),
         crate::creds::ImageSource::IndexFile(&args.file),
-        args.insecure,
+        args.serve.insecure,
         &reference,
         // A fetch retries for as long as a read may wait for it: bounded by time, not by a
         // count of attempts (a registry that refuses connections fails each one at once).
@@ -283,10 +311,11 @@ fn serve(args: Args, became_ready: &mut bool) -> Result<()> {
     let fetch_options = FetchOptions {
         cache: CacheOptions {
             dir: args
+                .serve
                 .cache_dir
                 .clone()
                 .unwrap_or_else(clip_fetch::default_cache_dir),
-            max_bytes: args.cache_size,
+            max_bytes: args.serve.cache_size,
         },
         read_timeout: timeout,
         ..FetchOptions::default()

@@ -14,8 +14,13 @@ use rustix::io::Errno;
 use rustix::mount::{MountFlags, UnmountFlags};
 
 use crate::mountinfo;
+use crate::proc::ProcessId;
+use crate::runtime::Runtime;
 use crate::spec::ROOTFS;
 use crate::Error;
+
+/// The file of a bundle naming its run: `PID STARTTIME`, then the runtime program.
+const OWNER: &str = "owner";
 
 /// A container's bundle directory and the overlay mounted in it.
 #[derive(Debug)]
@@ -25,9 +30,11 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Creates `parent/name` (`0700`; it must not exist) with the overlay's directories.
-    /// `parent` must be a private directory of the caller.
-    pub fn create(parent: &Path, name: &str) -> Result<Bundle, Error> {
+    /// Creates `parent/name` (`0700`; it must not exist) with the overlay's directories, for
+    /// container `name` run by `runtime`. `parent` must be a private directory of the
+    /// caller. The bundle records its owner (this process, with its start time) and runtime,
+    /// so that [`Bundle::sweep`] can tell and remove the bundle of a run that crashed.
+    pub fn create(parent: &Path, name: &str, runtime: &Runtime) -> Result<Bundle, Error> {
         let dir = parent.join(name);
         fs::DirBuilder::new()
             .mode(0o700)
@@ -44,7 +51,78 @@ impl Bundle {
                 .create(&path)
                 .map_err(|e| Error::io("create", &path, e))?;
         }
+        let me = ProcessId::current().ok_or_else(|| {
+            Error::io(
+                "read",
+                "/proc/self/stat",
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })?;
+        let owner = bundle.dir.join(OWNER);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&owner)
+            .and_then(|mut f| write!(f, "{me}\n{}\n", runtime.program().display()))
+            .map_err(|e| Error::io("write", &owner, e))?;
         Ok(bundle)
+    }
+
+    /// Removes the bundles under `parent` left by runs that are gone (crashed, or killed with
+    /// SIGKILL): their owner no longer runs and their container does not run either (one
+    /// still running is left alone). For each: the runtime's state of the container, the
+    /// overlay, the directory. Returns how many were removed; failures are logged.
+    pub fn sweep(parent: &Path) -> usize {
+        let Ok(entries) = fs::read_dir(parent) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            let Ok(owner) = fs::read_to_string(dir.join(OWNER)) else {
+                // Being created (the owner is written right after the directory), or not
+                // a bundle of ours.
+                continue;
+            };
+            let mut lines = owner.lines();
+            let alive = lines
+                .next()
+                .and_then(ProcessId::parse)
+                .is_none_or(|p| p.is_alive());
+            let Some(program) = lines.next().filter(|_| !alive) else {
+                continue;
+            };
+            let runtime = Runtime::new(program);
+            match runtime.status(&name) {
+                Ok(Some((status, bundle))) if bundle == dir => {
+                    if matches!(status.as_str(), "running" | "paused" | "pausing") {
+                        tracing::info!(container = %name, "the run that started it is gone, but it still runs: left alone");
+                        continue;
+                    }
+                    if let Err(e) = runtime.delete_if_ours(&name, &dir) {
+                        tracing::warn!("sweeping {name}: {e}");
+                        continue;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("sweeping {name}: {e}");
+                    continue;
+                }
+            }
+            match remove_bundle(&dir) {
+                Ok(()) => {
+                    tracing::warn!(bundle = %dir.display(), "removed what a run that crashed left behind");
+                    removed += 1;
+                }
+                Err(e) => tracing::warn!("sweeping {name}: {e}"),
+            }
+        }
+        removed
     }
 
     /// The bundle directory (`--bundle` of the runtime).

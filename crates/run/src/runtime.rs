@@ -93,8 +93,14 @@ impl Runtime {
         self.error(action, format!("cannot start it: {e}{hint}"))
     }
 
-    /// The bundle directory of container `id`, if the runtime knows such a container.
-    pub fn bundle_of(&self, id: &str) -> Result<Option<PathBuf>, Error> {
+    /// The program.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The status (`created`, `running`, `stopped`, ...) and bundle directory of container
+    /// `id`, if the runtime knows such a container.
+    pub fn status(&self, id: &str) -> Result<Option<(String, PathBuf)>, Error> {
         let out = self.output("state", &["state", id])?;
         if !out.status.success() {
             return Ok(None);
@@ -102,7 +108,15 @@ impl Runtime {
         let state: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
             self.error("state", format!("answered something that is not JSON: {e}"))
         })?;
-        Ok(state["bundle"].as_str().map(PathBuf::from))
+        Ok(Some((
+            state["status"].as_str().unwrap_or("").to_string(),
+            PathBuf::from(state["bundle"].as_str().unwrap_or("")),
+        )))
+    }
+
+    /// The bundle directory of container `id`, if the runtime knows such a container.
+    pub fn bundle_of(&self, id: &str) -> Result<Option<PathBuf>, Error> {
+        Ok(self.status(id)?.map(|(_, bundle)| bundle))
     }
 
     /// Fails with [`Error::ContainerExists`] when the runtime knows a container `id`.

@@ -139,7 +139,6 @@ impl SharedMounts {
         private_dir(&runs)?;
         let live = prune(&runs);
         let mnt = image_dir.join("mnt");
-        private_dir(&mnt)?;
         let mut mounted = mountinfo::is_mountpoint(&mnt);
         if mounted && is_stale(&mnt) {
             tracing::warn!(
@@ -154,6 +153,7 @@ impl SharedMounts {
             mounted = false;
         }
         if !mounted {
+            private_dir(&mnt)?;
             let log = image_dir.join("mount.log");
             match mounter.mount(&mnt, &log) {
                 Ok(pid) => {
