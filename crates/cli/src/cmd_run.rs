@@ -75,16 +75,17 @@ pub struct Args {
     pub runtime: PathBuf,
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// The image: a .clip index file.
-    #[arg(value_name = "IMAGE|FILE.clip")]
-    pub image: String,
-    /// The command to run instead of the image's Cmd, and its arguments.
+    /// The image (a .clip index file), then the command to run instead of the image's Cmd
+    /// and its arguments. Options end at the image, as for `docker run`: what follows it is
+    /// the container's.
     #[arg(
-        value_name = "COMMAND",
+        value_name = "IMAGE|FILE.clip [COMMAND [ARG...]]",
+        required = true,
+        num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    pub command: Vec<String>,
+    pub image_and_command: Vec<String>,
 }
 
 /// The index file for the `IMAGE|FILE.clip` argument of `clip run`. The single place where an
@@ -145,7 +146,11 @@ pub fn run(args: Args) -> Result<u8> {
             args.runtime.display()
         );
     }
-    let index = locate_index(&args.image)?;
+    let (image_arg, command) = args
+        .image_and_command
+        .split_first()
+        .context("give an image: clip run [OPTIONS] IMAGE|FILE.clip [COMMAND [ARG...]]")?;
+    let index = locate_index(image_arg)?;
     let (reference, digest, config_json) = {
         let file =
             std::fs::File::open(&index).with_context(|| format!("opening {}", index.display()))?;
@@ -180,7 +185,7 @@ pub fn run(args: Args) -> Result<u8> {
             (format!("clip-{short}"), short)
         }
     };
-    let options = options(&args)?;
+    let options = options(&args, command)?;
     let plan = spec::plan(&image, &options, &short)?;
     if args.tty
         && !(std::io::stdin().is_terminal()
@@ -264,7 +269,7 @@ pub fn run(args: Args) -> Result<u8> {
     Ok(code)
 }
 
-fn options(args: &Args) -> Result<RunOptions> {
+fn options(args: &Args, command: &[String]) -> Result<RunOptions> {
     let lookup = |k: &str| std::env::var(k).ok();
     let mut env = Vec::new();
     for file in &args.env_file {
@@ -280,7 +285,7 @@ fn options(args: &Args) -> Result<RunOptions> {
         env.extend(spec::env_arg(e, lookup)?);
     }
     Ok(RunOptions {
-        command: args.command.clone(),
+        command: command.to_vec(),
         entrypoint: args.entrypoint.clone(),
         env,
         workdir: args.workdir.clone(),
@@ -447,4 +452,57 @@ fn random_hex() -> String {
         bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
     }
     hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("run").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+            .run
+    }
+
+    #[test]
+    fn options_end_at_the_image() {
+        let a = parse(&[
+            "-i", "-e", "A=1", "--rm", "img.clip", "sh", "-c", "echo -w", "-t",
+        ]);
+        assert!(a.interactive && a.rm && !a.tty);
+        assert_eq!(a.env, ["A=1"]);
+        assert_eq!(
+            a.image_and_command,
+            ["img.clip", "sh", "-c", "echo -w", "-t"]
+        );
+        // A flag after the image is the container's command.
+        let a = parse(&["img.clip", "-w"]);
+        assert_eq!(a.workdir, None);
+        assert_eq!(a.image_and_command, ["img.clip", "-w"]);
+        let a = parse(&["--entrypoint", "", "-v", "/a:/b:ro", "img.clip"]);
+        assert_eq!(a.entrypoint.as_deref(), Some(""));
+        assert_eq!(a.volumes, ["/a:/b:ro"]);
+        assert!(
+            Cli::try_parse_from(["run", "-i"]).is_err(),
+            "an image is required"
+        );
+    }
+
+    #[test]
+    fn locate_index_checks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.clip");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(locate_index(file.to_str().unwrap()).unwrap(), file);
+        let e = locate_index(dir.path().join("nope.clip").to_str().unwrap()).unwrap_err();
+        assert!(format!("{e:#}").contains("clip index IMAGE"), "{e:#}");
+        assert!(locate_index(dir.path().to_str().unwrap()).is_err());
+    }
 }
