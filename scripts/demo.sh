@@ -69,9 +69,9 @@ step clip umount "$MNT"
 # everything is removed when the container exits, and its exit code is clip run's.
 step clip run hello.clip /app/hello.sh
 "$CLIP" run --cache-dir "$BENCH_TMP/cache" "$BENCH_TMP/hello.clip" /app/hello.sh </dev/null
-step clip run -u nobody -w /work -e GREETING=hi hello.clip sh -c '"id; pwd; echo \$GREETING; exit 3"'
+step clip run -u nobody -w /srv/hello -e GREETING=hi hello.clip sh -c '"id; pwd; echo \$GREETING; exit 3"'
 set +e
-"$CLIP" run --cache-dir "$BENCH_TMP/cache" -u nobody -w /work -e GREETING=hi \
+"$CLIP" run --cache-dir "$BENCH_TMP/cache" -u nobody -w /srv/hello -e GREETING=hi \
   "$BENCH_TMP/hello.clip" sh -c 'id; pwd; echo $GREETING; exit 3' </dev/null
 code=$?
 set -e
