@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: a local registry, a small demo image pushed to it, `clip index` and `clip inspect`,
-# then `clip mount` with an overlay on top and a command run in it with runc.
+# The demo: a local registry and a small demo image pushed to it; "CI" indexes it and pushes the
+# index beside the image; a "node" with an empty cache pulls, inspects, mounts and runs it from
+# the image reference alone (`clip run`, runc).
 # Run on a Debian machine as root after scripts/setup-debian.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
 cargo build --release -q -p clip-cli
-CLIP=$PWD/target/release/clip
+CLIP=${CARGO_TARGET_DIR:-$PWD/target}/release/clip
 
 # A two-layer image: busybox as the userland, then an app layer that deletes a file.
 root=$BENCH_TMP/rootfs
@@ -36,38 +37,51 @@ start_registry
 push_image demo/hello:1.0 "$BENCH_TMP/base.tar.gz" "$BENCH_TMP/app.tar.gz"
 echo "registry on $REGISTRY with demo/hello:1.0"
 
-step clip index "$REGISTRY/demo/hello:1.0" hello.clip
-"$CLIP" index "$REGISTRY/demo/hello:1.0" "$BENCH_TMP/hello.clip"
-step clip inspect hello.clip
-"$CLIP" inspect "$BENCH_TMP/hello.clip"
-step clip inspect --ls /etc hello.clip
-"$CLIP" inspect --ls /etc "$BENCH_TMP/hello.clip"
+IMAGE=$REGISTRY/demo/hello:1.0
+# "CI" indexes the image once and pushes the index beside it, into the image's repository.
+step "clip index --push $IMAGE" "(in CI)"
+CLIP_CACHE_DIR=$BENCH_TMP/ci-cache "$CLIP" index --push "$IMAGE"
+
+# A "node" with an empty cache finds the index from the image reference alone.
+export CLIP_CACHE_DIR=$BENCH_TMP/node-cache
+step clip pull "$IMAGE" hello.clip "(on a node)"
+"$CLIP" pull "$IMAGE" "$BENCH_TMP/hello.clip"
+step clip inspect "$IMAGE"
+"$CLIP" inspect "$IMAGE"
+step clip inspect --ls /etc "$IMAGE"
+"$CLIP" inspect --ls /etc "$IMAGE"
 step clip inspect --ls /app hello.clip
 "$CLIP" inspect --ls /app "$BENCH_TMP/hello.clip"
 
-# Mount the index lazily, put a writable overlay on top and run the image's app with runc.
-MNT=$BENCH_TMP/mnt OVL=$BENCH_TMP/ovl BUNDLE=$BENCH_TMP/bundle
-mkdir -p "$OVL"/{upper,work} "$BUNDLE/rootfs"
+# Mount the index lazily and look around: metadata comes from the index alone.
+MNT=$BENCH_TMP/mnt
 demo_cleanup() {
-  runc delete --force clip-demo-$$ >/dev/null 2>&1 || true
-  umount "$BUNDLE/rootfs" 2>/dev/null || true
   "$CLIP" umount "$MNT" 2>/dev/null || true
   cleanup
 }
 trap demo_cleanup EXIT
 
-step clip mount --daemon hello.clip "$MNT"
-"$CLIP" mount --daemon --cache-dir "$BENCH_TMP/cache" "$BENCH_TMP/hello.clip" "$MNT"
+step clip mount --daemon "$IMAGE" "$MNT"
+"$CLIP" mount --daemon "$IMAGE" "$MNT"
 step ls -l "$MNT" "$MNT/etc"
 ls -l "$MNT" "$MNT/etc"
-mount -t overlay overlay -o "lowerdir=$MNT,upperdir=$OVL/upper,workdir=$OVL/work" "$BUNDLE/rootfs"
-(cd "$BUNDLE" && runc spec)
-jq '.process.terminal=false | .process.args=["/app/hello.sh"] | .root.readonly=false' \
-  "$BUNDLE/config.json" > "$BUNDLE/config.tmp" && mv "$BUNDLE/config.tmp" "$BUNDLE/config.json"
-step runc run clip-demo "(rootfs: overlay on the clip mount)"
-runc run --bundle "$BUNDLE" clip-demo-$$ </dev/null
+step cat "$MNT/app/hello.sh"
+cat "$MNT/app/hello.sh"
 step clip stats "$MNT"
 "$CLIP" stats "$MNT"
-umount "$BUNDLE/rootfs"
 step clip umount "$MNT"
 "$CLIP" umount "$MNT"
+
+# Run the image's app as a container: clip run mounts the image (shared by every run of it),
+# puts a fresh overlay on top, makes config.json from the image config and runs it with runc;
+# everything is removed when the container exits, and its exit code is clip run's.
+step clip run "$IMAGE" /app/hello.sh
+"$CLIP" run "$IMAGE" /app/hello.sh </dev/null
+step clip run -u nobody -w /srv/hello -e GREETING=hi hello.clip sh -c '"id; pwd; echo \$GREETING; exit 3"'
+set +e
+"$CLIP" run -u nobody -w /srv/hello -e GREETING=hi \
+  "$BENCH_TMP/hello.clip" sh -c 'id; pwd; echo $GREETING; exit 3' </dev/null
+code=$?
+set -e
+echo "exit code: $code"
+[ "$code" = 3 ]

@@ -9,6 +9,8 @@ packages=(
   apache2-utils     # htpasswd, for the registry auth tests
   zstd pigz         # layer compression in the benchmark
   fuse3 runc        # the mount and run tiers
+  crun runsc        # the other OCI runtimes clip run is tested with (runsc: gVisor)
+  util-linux        # `script`, which gives clip run -t a terminal in the tests
   busybox-static    # the demo image's userland
   time              # peak memory in the benchmark
   jq                # the demo script reads clip's JSON
@@ -26,4 +28,16 @@ fi
 # The package starts a system registry on :5000; the tests start their own and need none.
 if command -v systemctl >/dev/null 2>&1; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+# crun refuses a hybrid cgroup layout (v1 controllers, plus cgroup2 at /sys/fs/cgroup/unified)
+# whose cgroup2 hierarchy still has controllers ("cgroups in hybrid mode not supported, drop
+# all controllers from cgroupv2"): a host that binds every controller but hugetlb to v1 is
+# one. Bind what is left to v1 hierarchies of their own, as systemd's hybrid layout does.
+if [ -f /sys/fs/cgroup/unified/cgroup.controllers ] &&
+   [ "$(stat -f -c %T /sys/fs/cgroup)" = tmpfs ]; then
+  for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
+    mkdir -p "/sys/fs/cgroup/$c"
+    mountpoint -q "/sys/fs/cgroup/$c" || mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" ||
+      echo "setup: could not bind the $c controller to cgroup v1; crun may refuse to run" >&2
+  done
 fi

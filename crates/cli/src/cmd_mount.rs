@@ -33,19 +33,14 @@ pub struct Args {
     pub image: String,
     /// The mountpoint (created if missing).
     pub dir: PathBuf,
-    /// Bound on the cache; least recently used spans are evicted beyond it.
-    #[arg(long, default_value = "10G", value_parser = units::parse_size)]
-    pub cache_size: u64,
+    #[command(flatten)]
+    pub serve: ServeArgs,
     /// Return once the mount is ready and keep serving it in the background.
     #[arg(long)]
     pub daemon: bool,
     /// Let other users (e.g. a container's non-root user) use the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// Seconds each read may take, retries of the registry included; past that it fails with
-    /// EIO (the mount stays up).
-    #[arg(long, default_value_t = 30)]
-    pub read_timeout: u64,
     /// With --daemon: where the background mount logs [default: next to its stats socket].
     #[arg(long)]
     pub log_file: Option<PathBuf>,
@@ -58,6 +53,19 @@ pub struct Args {
     pub from_image: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// How a mount serves its image: the flags `clip mount` and `clip run` share beside
+/// [`SourceArgs`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Bound on the cache; least recently used spans are evicted beyond it.
+    #[arg(long, default_value = "10G", value_parser = units::parse_size)]
+    pub cache_size: u64,
+    /// Seconds each read may take, retries of the registry included; past that it fails with
+    /// EIO (the mount stays up).
+    #[arg(long, default_value_t = 30)]
+    pub read_timeout: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,7 +120,7 @@ fn content_error(e: clip_fetch::FetchError) -> ContentError {
 
 /// Where mount daemons keep their stats sockets and logs: private to the user (`0700`,
 /// checked like the cache directory, see [`clip_sys::private::open_private_dir`]).
-fn runtime_dir() -> PathBuf {
+pub fn runtime_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
         return PathBuf::from("/run/clip");
     }
@@ -165,12 +173,41 @@ pub fn run(args: Args) -> Result<()> {
 
 /// `--daemon`: start the same command in the background and wait until it reports.
 fn run_daemon(args: &Args, located: &Located) -> Result<()> {
-    if !args.dir.exists() {
-        std::fs::create_dir_all(&args.dir)
-            .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
+    let (pid, log) = spawn_daemon(
+        located,
+        &args.dir,
+        &args.source,
+        &args.serve,
+        args.allow_other,
+        args.log_file.as_deref(),
+    )?;
+    eprintln!(
+        "mounted {} at {} (pid {pid}, log {})",
+        args.image,
+        args.dir.display(),
+        log.display()
+    );
+    Ok(())
+}
+
+/// Starts `clip mount FILE DIR` for a located index in the background, in a process group of
+/// its own (a Ctrl-C in this terminal does not reach it), logging to `log_file` (default: next
+/// to its stats socket), and returns once the mount is ready: its pid and log. A mount that
+/// fails is an error with the daemon's reason.
+pub fn spawn_daemon(
+    located: &Located,
+    dir: &Path,
+    source: &SourceArgs,
+    serve: &ServeArgs,
+    allow_other: bool,
+    log_file: Option<&Path>,
+) -> Result<(u32, PathBuf)> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating mountpoint {}", dir.display()))?;
     }
-    let (_, default_log) = mount_files(&args.dir)?;
-    let log_file = match &args.log_file {
+    let (_, default_log) = mount_files(dir)?;
+    let opened = match log_file {
         Some(log) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -187,37 +224,38 @@ fn run_daemon(args: &Args, located: &Located) -> Result<()> {
                 .open(&default_log)
         }
     };
-    let log = args.log_file.clone().unwrap_or(default_log);
-    let log_file = log_file.with_context(|| format!("opening log {}", log.display()))?;
+    let log = log_file.map(Path::to_path_buf).unwrap_or(default_log);
+    let log_handle = opened.with_context(|| format!("opening log {}", log.display()))?;
     let exe = std::env::current_exe().context("finding the clip executable")?;
     let mut cmd = Command::new(exe);
     // The daemon mounts the index located here, as the image the user named.
     cmd.arg("mount")
         .arg(&located.path)
-        .arg(&args.dir)
+        .arg(dir)
         .arg("--cache-size")
-        .arg(args.cache_size.to_string())
+        .arg(serve.cache_size.to_string())
         .arg("--read-timeout")
-        .arg(args.read_timeout.to_string())
+        .arg(serve.read_timeout.to_string())
         .arg("--ready-on-stdout")
         .arg("--cache-dir")
-        .arg(args.source.cache_dir());
+        .arg(source.cache_dir());
     if let Some(image) = &located.image {
         cmd.arg("--from-image").arg(image.to_string());
     }
-    if args.allow_other {
+    if allow_other {
         cmd.arg("--allow-other");
     }
-    if args.source.insecure {
+    if source.insecure {
         cmd.arg("--insecure");
     }
-    if let Some(c) = &args.source.creds {
-        cmd.env("CLIP_CREDS", c);
-    }
+    match &source.creds {
+        Some(c) => cmd.env("CLIP_CREDS", c),
+        None => cmd.env_remove("CLIP_CREDS"),
+    };
     // Its own process group: a Ctrl-C in this terminal does not reach the daemon.
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
+        .stderr(Stdio::from(log_handle))
         .process_group(0);
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     let stdout = child.stdout.take().context("daemon stdout")?;
@@ -226,14 +264,7 @@ fn run_daemon(args: &Args, located: &Located) -> Result<()> {
         .read_line(&mut line)
         .context("waiting for the mount daemon")?;
     if line.trim() == "ready" {
-        eprintln!(
-            "mounted {} at {} (pid {}, log {})",
-            args.image,
-            args.dir.display(),
-            child.id(),
-            log.display()
-        );
-        return Ok(());
+        return Ok((child.id(), log));
     }
     let status = child.wait().context("waiting for the mount daemon")?;
     match line.trim().strip_prefix("error: ") {
@@ -276,7 +307,7 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
             .with_context(|| format!("the index names an invalid image {:?}", meta.reference))?,
     };
     let reference = reference.with_digest(&meta.manifest_digest);
-    let timeout = Duration::from_secs(args.read_timeout.max(1));
+    let timeout = Duration::from_secs(args.serve.read_timeout.max(1));
     let client = crate::registry_client(
         args.source.creds.as_deref(),
         located.image_source(),
@@ -293,7 +324,7 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     let fetch_options = FetchOptions {
         cache: CacheOptions {
             dir: args.source.cache_dir(),
-            max_bytes: args.cache_size,
+            max_bytes: args.serve.cache_size,
         },
         read_timeout: timeout,
         ..FetchOptions::default()

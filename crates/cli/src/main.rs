@@ -1,4 +1,4 @@
-//! The `clip` command: glue between the stages (index, inspect, mount, umount, stats). Each
+//! The `clip` command: glue between the stages (index, inspect, mount, umount, stats, run). Each
 //! subcommand parses its flags, calls the library crates and renders the result; no format,
 //! protocol or filesystem logic lives here. This is the only crate that uses `anyhow`.
 
@@ -8,6 +8,7 @@ mod cmd_index;
 mod cmd_inspect;
 mod cmd_mount;
 mod cmd_pull;
+mod cmd_run;
 mod creds;
 mod source;
 mod units;
@@ -39,6 +40,8 @@ enum Command {
     Umount(cmd_mount::UmountArgs),
     /// Show the counters of a running clip mount.
     Stats(cmd_mount::StatsArgs),
+    /// Run a container from a .clip index with an OCI runtime, as `docker run` does.
+    Run(Box<cmd_run::Args>),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,15 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => {
+            return match cmd_run::run(*args) {
+                Ok(code) => ExitCode::from(code),
+                Err(err) => {
+                    let _ = writeln!(io::stderr(), "error: {err:#}");
+                    ExitCode::from(cmd_run::RUN_FAILED)
+                }
+            }
+        }
         Command::Index(args) => cmd_index::run(args),
         Command::Pull(args) => cmd_pull::run(args),
         Command::Inspect(args) => cmd_inspect::run(args),

@@ -415,130 +415,6 @@ fn f_faults_give_eio_or_right_bytes_and_the_mount_recovers() {
     }
 }
 
-fn busybox_layer() -> Layer {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .find_map(|p| std::fs::read(p).ok())
-        .expect("busybox-static (scripts/setup-debian.sh installs it)");
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        if let Some(l) = link {
-            h.set_link_name(l).unwrap();
-        }
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    for d in ["bin", "etc", "tmp", "root", "data", "proc", "sys", "dev"] {
-        add(
-            d,
-            tar::EntryType::Directory,
-            if d == "tmp" { 0o1777 } else { 0o755 },
-            b"",
-            None,
-        );
-    }
-    add(
-        "bin/busybox",
-        tar::EntryType::Regular,
-        0o755,
-        &busybox,
-        None,
-    );
-    for tool in ["sh", "cat", "echo", "sha256sum", "ls", "id"] {
-        add(
-            &format!("bin/{tool}"),
-            tar::EntryType::Symlink,
-            0o777,
-            b"",
-            Some("busybox"),
-        );
-    }
-    // A dynamically linked program with its real shared libraries, as `ldd` finds them: the
-    // loader maps them from the mount (through the overlay) at run time.
-    let program = "/usr/bin/sha256sum";
-    let ldd = std::process::Command::new("ldd")
-        .arg(program)
-        .output()
-        .expect("ldd");
-    let mut files = vec![program.to_string()];
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line
-            .split("=>")
-            .last()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if path.starts_with('/') {
-            files.push(path.to_string());
-        }
-    }
-    let mut dirs = std::collections::BTreeSet::new();
-    for f in &files {
-        let mut p = Path::new(f.trim_start_matches('/')).parent();
-        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-            dirs.insert(d.to_path_buf());
-            p = d.parent();
-        }
-    }
-    for d in dirs.iter().filter(|d| *d != Path::new("bin")) {
-        add(
-            d.to_str().unwrap(),
-            tar::EntryType::Directory,
-            0o755,
-            b"",
-            None,
-        );
-    }
-    for f in &files {
-        // Follow the host's symlinks (the loader is one): the image holds the real bytes.
-        let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("{f}: {e}"));
-        add(
-            f.trim_start_matches('/'),
-            tar::EntryType::Regular,
-            0o755,
-            &bytes,
-            None,
-        );
-    }
-    add(
-        "etc/passwd",
-        tar::EntryType::Regular,
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\n",
-        None,
-    );
-    add(
-        "etc/group",
-        tar::EntryType::Regular,
-        0o644,
-        b"root:x:0:\n",
-        None,
-    );
-    add(
-        "etc/os-release",
-        tar::EntryType::Regular,
-        0o644,
-        b"ID=clip-test\n",
-        None,
-    );
-    let blob: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    add("data/blob", tar::EntryType::Regular, 0o644, &blob, None);
-    Layer::from_tar(
-        b.into_inner().unwrap(),
-        Compression::Gzip,
-        &LayerOptions::default(),
-    )
-}
-
 /// Runs a command, panicking with its output unless it succeeds.
 fn sh(cmd: &mut std::process::Command) -> std::process::Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -574,10 +450,7 @@ fn g_runc_boots_from_the_mount_through_overlayfs() {
     let layer = busybox_layer();
     let blob_sha = {
         use sha2::Digest;
-        let expected: Vec<u8> = (0..3_000_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        hex::encode(sha2::Sha256::digest(&expected))
+        hex::encode(sha2::Sha256::digest(busybox_blob()))
     };
     Image::new()
         .layer(layer)

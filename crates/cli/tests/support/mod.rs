@@ -329,3 +329,163 @@ impl Drop for Mount {
         let _ = clip(&["umount", self.dir.to_str().unwrap_or("")]);
     }
 }
+
+/// The tools of the busybox userland in the test images (symlinks to `/bin/busybox`).
+pub const BUSYBOX_TOOLS: &[&str] = &[
+    "sh",
+    "cat",
+    "echo",
+    "sha256sum",
+    "ls",
+    "id",
+    "sleep",
+    "tty",
+    "test",
+    "env",
+    "pwd",
+    "hostname",
+    "touch",
+    "kill",
+    "wc",
+    "true",
+    "false",
+    "mkdir",
+];
+
+/// A gzip layer with a busybox-static userland (`/bin/busybox` and [`BUSYBOX_TOOLS`]), a root-only
+/// `/etc/passwd` and `/etc/group`, and `files` (`(path, content)`, replacing the defaults of
+/// the same path). With `dynamic`, also a dynamically linked program with its real shared
+/// libraries and a 3 MB `/data/blob` (see [`busybox_blob`]).
+pub fn busybox_layer_with(files: &[(&str, &[u8])], dynamic: bool) -> clip_testkit::Layer {
+    use clip_testkit::{Compression, Layer, LayerOptions};
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .expect("busybox-static (scripts/setup-debian.sh installs it)");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    for d in ["bin", "etc", "tmp", "root", "data", "proc", "sys", "dev"] {
+        add(
+            d,
+            tar::EntryType::Directory,
+            if d == "tmp" { 0o1777 } else { 0o755 },
+            b"",
+            None,
+        );
+    }
+    add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        0o755,
+        &busybox,
+        None,
+    );
+    for tool in BUSYBOX_TOOLS {
+        add(
+            &format!("bin/{tool}"),
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            Some("busybox"),
+        );
+    }
+    if dynamic {
+        // A dynamically linked program with its real shared libraries, as `ldd` finds them:
+        // the loader maps them from the mount (through the overlay) at run time.
+        let program = "/usr/bin/sha256sum";
+        let ldd = std::process::Command::new("ldd")
+            .arg(program)
+            .output()
+            .expect("ldd");
+        let mut libs = vec![program.to_string()];
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let path = line
+                .split("=>")
+                .last()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if path.starts_with('/') {
+                libs.push(path.to_string());
+            }
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for f in &libs {
+            let mut p = Path::new(f.trim_start_matches('/')).parent();
+            while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+                dirs.insert(d.to_path_buf());
+                p = d.parent();
+            }
+        }
+        for d in dirs.iter().filter(|d| *d != Path::new("bin")) {
+            add(
+                d.to_str().unwrap(),
+                tar::EntryType::Directory,
+                0o755,
+                b"",
+                None,
+            );
+        }
+        for f in &libs {
+            // Follow the host's symlinks (the loader is one): the image holds the real bytes.
+            let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("{f}: {e}"));
+            add(
+                f.trim_start_matches('/'),
+                tar::EntryType::Regular,
+                0o755,
+                &bytes,
+                None,
+            );
+        }
+        add(
+            "data/blob",
+            tar::EntryType::Regular,
+            0o644,
+            &busybox_blob(),
+            None,
+        );
+    }
+    let defaults: [(&str, &[u8]); 3] = [
+        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", b"root:x:0:\n"),
+        ("etc/os-release", b"ID=clip-test\n"),
+    ];
+    for (path, content) in defaults {
+        if !files.iter().any(|(p, _)| *p == path) {
+            add(path, tar::EntryType::Regular, 0o644, content, None);
+        }
+    }
+    for (path, content) in files {
+        add(path, tar::EntryType::Regular, 0o644, content, None);
+    }
+    Layer::from_tar(
+        b.into_inner().unwrap(),
+        Compression::Gzip,
+        &LayerOptions::default(),
+    )
+}
+
+/// The busybox image of the runc test: the userland, a dynamic program and a 3 MB blob.
+pub fn busybox_layer() -> clip_testkit::Layer {
+    busybox_layer_with(&[], true)
+}
+
+/// The content of `/data/blob` in [`busybox_layer`].
+pub fn busybox_blob() -> Vec<u8> {
+    (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
+}
