@@ -49,12 +49,8 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => {
             if located.found != Found::File {
-                writeln!(
-                    out,
-                    "index      {} ({})",
-                    located.path.display(),
-                    located.found.describe()
-                )?;
+                writeln!(out, "index      {}", located.path.display())?;
+                writeln!(out, "from       {}", located.found.describe())?;
             }
             summary_text(&archive, bytes.len(), &mut out)?;
         }
