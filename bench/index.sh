@@ -11,8 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-cargo build --release -q -p clip-cli
-CLIP=$PWD/target/release/clip
+build_clip
 
 echo "building layers from /usr ..."
 make_layer "$BENCH_TMP/l1.tar.gz" usr/share

@@ -15,22 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. bench/shaped.sh
 
-cargo build --release -q -p clip-cli
-CLIP=$PWD/target/release/clip
-now() { date +%s.%N; }
-elapsed() { echo "$2 - $1" | bc -l; }
-
-NETNS=""
+build_clip
 MOUNTS=()
 cleanup_bench() {
   for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || "$CLIP" umount "$m" 2>/dev/null || true; done
-  if [ -n "$NETNS" ]; then
-    [ -n "${NS_REGISTRY_PID:-}" ] && kill "$NS_REGISTRY_PID" 2>/dev/null
-    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null
-    ip netns del "$NETNS" 2>/dev/null || true
-    ip link del clipb0 2>/dev/null || true
-  fi
+  stop_shaped_registry
   cleanup
 }
 trap cleanup_bench EXIT
@@ -60,10 +51,6 @@ make_bundle() { # make_bundle DIR ROOTFS
   jq --arg rootfs "$2" --arg cmd "$CMD" \
     '.process.terminal=false | .process.args=["/bin/sh","-c",$cmd] | .root.path=$rootfs | .root.readonly=false' \
     "$1/config.json" > "$1/config.tmp" && mv "$1/config.tmp" "$1/config.json"
-}
-
-registry_bytes() { # bytes the registry sent, from its access log
-  awk '$9 ~ /^20[06]$/ {s += $10} END {print s+0}' "$1"
 }
 
 cold_start() { # cold_start REGISTRY_ADDR LOG label
@@ -113,38 +100,8 @@ push_image bench/usr:latest "${layers[@]}"
 cold_start "$REGISTRY" "$BENCH_TMP/registry.log" "registry on loopback"
 
 # --- (a) behind a shaped link: the registry in a network namespace of our own ---------------
-NETNS=clipbench$$
-ip netns add "$NETNS"
-ip link add clipb0 type veth peer name clipb1
-ip link set clipb1 netns "$NETNS"
-ip addr add 10.201.0.1/24 dev clipb0
-ip link set clipb0 up
-ip netns exec "$NETNS" ip addr add 10.201.0.2/24 dev clipb1
-ip netns exec "$NETNS" ip link set clipb1 up
-ip netns exec "$NETNS" ip link set lo up
-# 1 Gbit/s each way with tbf; 5 ms each way with netem where the kernel has it, else with a
-# delaying TCP proxy in front of the namespace (bench/delay_proxy.py).
-if tc qdisc add dev clipb0 root handle 1: netem delay 5ms 2>/dev/null; then
-  ip netns exec "$NETNS" tc qdisc add dev clipb1 root handle 1: netem delay 5ms
-  tc qdisc add dev clipb0 parent 1: handle 2: tbf rate 1gbit burst 256kb latency 50ms
-  ip netns exec "$NETNS" tc qdisc add dev clipb1 parent 1: handle 2: tbf rate 1gbit burst 256kb latency 50ms
-  SHAPED=10.201.0.2:5000
-  DELAY="netem 5 ms"
-else
-  tc qdisc add dev clipb0 root tbf rate 1gbit burst 256kb latency 50ms
-  ip netns exec "$NETNS" tc qdisc add dev clipb1 root tbf rate 1gbit burst 256kb latency 50ms
-  proxy_port=$(free_port)
-  python3 bench/delay_proxy.py "$proxy_port" 10.201.0.2:5000 5 > "$BENCH_TMP/proxy.log" 2>&1 &
-  PROXY_PID=$!
-  SHAPED=127.0.0.1:$proxy_port
-  DELAY="5 ms by a delaying proxy (no netem in this kernel)"
-fi
-sed "s/0.0.0.0:[0-9]*/10.201.0.2:5000/; s#registry.log#registry-ns.log#" "$REGISTRY_CONFIG" > "$BENCH_TMP/registry-ns.yml"
-ip netns exec "$NETNS" docker-registry serve "$BENCH_TMP/registry-ns.yml" >"$BENCH_TMP/registry-ns.log" 2>&1 &
-NS_REGISTRY_PID=$!
-wait_registry 10.201.0.2:5000
-wait_registry "$SHAPED"
-cold_start "$SHAPED" "$BENCH_TMP/registry-ns.log" "registry in its own netns behind veth, tbf 1 Gbit/s, $DELAY each way"
+start_shaped_registry
+cold_start "$SHAPED" "$SHAPED_LOG" "registry in its own netns behind veth, tbf 1 Gbit/s, $DELAY each way"
 
 # --- (b) warm read of every file --------------------------------------------------------------
 "$CLIP" mount --daemon --insecure --cache-dir "$BENCH_TMP/cache" "$BENCH_TMP/usr.clip" "$BENCH_TMP/mnt" 2>/dev/null

@@ -17,8 +17,7 @@ READERS=${1:-16}
 SECONDS_TO_RUN=${2:-60}
 OUTAGES=${3:-0}
 
-cargo build --release -q -p clip-cli
-CLIP=$PWD/target/release/clip
+build_clip
 MNT=$BENCH_TMP/mnt
 soak_cleanup() {
   "$CLIP" umount "$MNT" 2>/dev/null || true

@@ -9,8 +9,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
-cargo build --release -q -p clip-cli
-CLIP=${CARGO_TARGET_DIR:-$PWD/target}/release/clip
+build_clip
 
 # A two-layer image: busybox as the userland, then an app layer that deletes a file.
 root=$BENCH_TMP/rootfs

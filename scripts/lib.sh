@@ -11,6 +11,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# build_clip: builds the release binary (honouring $CARGO_TARGET_DIR); sets CLIP to its path.
+build_clip() {
+  cargo build --release -q -p clip-cli
+  CLIP=${CARGO_TARGET_DIR:-$PWD/target}/release/clip
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
@@ -86,11 +92,17 @@ push_image() {
     --data-binary "@$BENCH_TMP/manifest.json" "http://$REGISTRY/v2/$repo/manifests/$tag" >/dev/null
 }
 
-# make_layer OUT.tar.gz DIR...: a gzip layer (level 6, like docker) of host directories under /,
-# with its diff_id (the sha256 of the uncompressed tar) in OUT.tar.gz.diffid.
+# make_layer OUT.tar.gz DIR...: a gzip layer (level 6, like docker) of host directories under /
+# (globs are expanded there), with its diff_id (the sha256 of the uncompressed tar) in
+# OUT.tar.gz.diffid. A path that matches nothing is an error.
 make_layer() {
   local out=$1; shift
-  tar -C / -cf "$out.tar" --sort=name "$@" 2>/dev/null || [ -s "$out.tar" ]
+  local paths=() p
+  for p in $(cd / && for g in "$@"; do printf '%s\n' $g; done); do
+    [ -e "/$p" ] || { echo "make_layer: /$p does not exist" >&2; return 1; }
+    paths+=("$p")
+  done
+  tar -C / -cf "$out.tar" --sort=name "${paths[@]}" 2>/dev/null || [ -s "$out.tar" ]
   tar_to_layer "$out"
 }
 
