@@ -783,15 +783,19 @@ fn an_image_runs_by_reference_on_a_node_that_never_saw_it() {
 
     // CI pushes the index; the node (its cache is empty) finds it from the reference, and
     // reads the layers with Range requests only.
-    clip(&[
+    let pushed = json_of(clip(&[
         "index",
         "--push",
         "--quiet",
+        "--json",
         "--cache-dir",
         s.scratch.path("ci-cache").to_str().unwrap(),
         &image,
-    ])
-    .success();
+    ]));
+    let artifact = pushed["pushed"]["artifact"]
+        .as_str()
+        .expect("the artifact's digest")
+        .to_string();
     let mark = s.registry.log_mark();
     let out = run(
         &["--no-index", "-u", "app"],
@@ -807,6 +811,11 @@ fn an_image_runs_by_reference_on_a_node_that_never_saw_it() {
         ["app", "ID=clip-test"]
     );
     let requests = s.registry.requests_since(mark);
+    let artifact_gets = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.uri.contains(&format!("/manifests/{artifact}")))
+        .count();
+    assert_eq!(artifact_gets, 1, "the index artifact once: {requests:#?}");
     let layer_gets: Vec<_> = requests
         .iter()
         .filter(|r| r.method == "GET" && s.layers.iter().any(|l| r.uri.contains(l.as_str())))
