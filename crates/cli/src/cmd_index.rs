@@ -8,6 +8,7 @@ use clip_indexer::{IndexOptions, Progress};
 use clip_registry::{Platform, Reference};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::source::RegistryArgs;
 use crate::units;
 
 #[derive(clap::Args, Debug)]
@@ -21,9 +22,6 @@ pub struct Args {
     /// IMAGE`).
     #[arg(long)]
     pub push: bool,
-    /// Platform to pick from a multi-arch image: OS/ARCH[/VARIANT]. Default: this machine's.
-    #[arg(long)]
-    pub platform: Option<String>,
     /// Uncompressed bytes between seek checkpoints (e.g. 1M, 4M): smaller spans fetch less
     /// per read, larger spans make a smaller index.
     #[arg(long, default_value = "1M", value_parser = units::parse_size)]
@@ -31,23 +29,8 @@ pub struct Args {
     /// Layers indexed in parallel. Default: the number of cores.
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Registry credentials: USER:PASS for the image's registry, or REGISTRY=USER:PASS (e.g.
-    /// localhost:5000=USER:PASS). Sent to that registry only; otherwise credentials come from
-    /// $REGISTRY_AUTH_FILE or the docker config.
-    #[arg(
-        long,
-        env = "CLIP_CREDS",
-        hide_env_values = true,
-        value_name = "[REGISTRY=]USER:PASS"
-    )]
-    pub creds: Option<String>,
-    /// Speak plain HTTP to the image's registry (always so for localhost and 127.0.0.1).
-    #[arg(long)]
-    pub insecure: bool,
-    /// The cache directory whose index store keeps a copy [default: /var/cache/clip for root,
-    /// else ~/.cache/clip].
-    #[arg(long, env = "CLIP_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
@@ -58,18 +41,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let reference: Reference = args.image.parse()?;
-    let platform = match &args.platform {
-        Some(p) => p.parse::<Platform>()?,
-        None => Platform::host(),
-    };
-    let source = crate::source::SourceArgs {
-        creds: args.creds.clone(),
-        insecure: args.insecure,
-        platform: None,
-        no_index: false,
-        cache_dir: args.cache_dir.clone(),
-    };
-    let client = crate::source::client_for(&reference, &source)?;
+    let platform = args.registry.platform()?;
+    let client = args.registry.client_for(&reference)?;
     let indexed = index(
         &client,
         &reference,
@@ -105,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         None => clip_store::Origin::Local,
     };
-    let stored = clip_store::IndexStore::open(&source.cache_dir())
+    let stored = clip_store::IndexStore::open(&args.registry.cache_dir())
         .and_then(|store| store.insert(&meta.manifest_digest, &indexed.archive, origin))
         .context("keeping the index in the local store")?;
 

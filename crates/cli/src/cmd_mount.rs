@@ -238,17 +238,17 @@ pub fn spawn_daemon(
         .arg(serve.read_timeout.to_string())
         .arg("--ready-on-stdout")
         .arg("--cache-dir")
-        .arg(source.cache_dir());
+        .arg(source.registry.cache_dir());
     if let Some(image) = &located.image {
         cmd.arg("--from-image").arg(image.to_string());
     }
     if allow_other {
         cmd.arg("--allow-other");
     }
-    if source.insecure {
+    if source.registry.insecure {
         cmd.arg("--insecure");
     }
-    match &source.creds {
+    match &source.registry.creds {
         Some(c) => cmd.env("CLIP_CREDS", c),
         None => cmd.env_remove("CLIP_CREDS"),
     };
@@ -309,9 +309,9 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     let reference = reference.with_digest(&meta.manifest_digest);
     let timeout = Duration::from_secs(args.serve.read_timeout.max(1));
     let client = crate::registry_client(
-        args.source.creds.as_deref(),
+        args.source.registry.creds.as_deref(),
         located.image_source(),
-        args.source.insecure,
+        args.source.registry.insecure,
         &reference,
         // A fetch retries for as long as a read may wait for it: bounded by time, not by a
         // count of attempts (a registry that refuses connections fails each one at once).
@@ -323,7 +323,7 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     )?;
     let fetch_options = FetchOptions {
         cache: CacheOptions {
-            dir: args.source.cache_dir(),
+            dir: args.source.registry.cache_dir(),
             max_bytes: args.serve.cache_size,
         },
         read_timeout: timeout,

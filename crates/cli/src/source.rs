@@ -16,9 +16,10 @@ use clip_store::{IndexStore, Origin};
 
 use crate::creds::ImageSource;
 
-/// The flags of every command that takes `IMAGE|FILE.clip`.
+/// How to reach an image's registry and where indexes are kept: the flags of every command
+/// that names an image.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct SourceArgs {
+pub struct RegistryArgs {
     /// Registry credentials: USER:PASS for the registry of the IMAGE typed, or
     /// REGISTRY=USER:PASS (needed with a FILE.clip, whose registry the file names). Sent to
     /// that registry only; otherwise credentials come from $REGISTRY_AUTH_FILE or the docker
@@ -37,23 +38,50 @@ pub struct SourceArgs {
     /// Default: this machine's.
     #[arg(long)]
     pub platform: Option<String>,
-    /// With an IMAGE: fail when its registry holds no index for it, instead of indexing it
-    /// here.
-    #[arg(long)]
-    pub no_index: bool,
     /// Where fetched spans and indexes are kept, shared by all mounts [default:
     /// /var/cache/clip for root, else ~/.cache/clip].
     #[arg(long, env = "CLIP_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 }
 
-impl SourceArgs {
+impl RegistryArgs {
     /// The cache directory in use.
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir
             .clone()
             .unwrap_or_else(clip_fetch::default_cache_dir)
     }
+
+    /// The platform asked for, else this machine's.
+    pub fn platform(&self) -> Result<Platform> {
+        Ok(match &self.platform {
+            Some(p) => p.parse::<Platform>()?,
+            None => Platform::host(),
+        })
+    }
+
+    /// A client for an image reference typed on the command line (`--creds USER:PASS` is
+    /// for its registry).
+    pub fn client_for(&self, reference: &Reference) -> Result<Client> {
+        crate::registry_client(
+            self.creds.as_deref(),
+            ImageSource::CommandLine,
+            self.insecure,
+            reference,
+            RetryPolicy::default(),
+        )
+    }
+}
+
+/// The flags of every command that takes `IMAGE|FILE.clip`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// With an IMAGE: fail when its registry holds no index for it, instead of indexing it
+    /// here.
+    #[arg(long)]
+    pub no_index: bool,
 }
 
 /// Where a located index came from.
@@ -145,21 +173,12 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
     let reference: Reference = arg
         .parse()
         .with_context(|| format!("{arg:?} is neither a .clip file nor an image reference"))?;
-    let platform = match &args.platform {
-        Some(p) => p.parse::<Platform>()?,
-        None => Platform::host(),
-    };
-    let client = crate::registry_client(
-        args.creds.as_deref(),
-        ImageSource::CommandLine,
-        args.insecure,
-        &reference,
-        RetryPolicy::default(),
-    )?;
+    let platform = args.registry.platform()?;
+    let client = args.registry.client_for(&reference)?;
     let resolved = client
         .resolve(&reference, &platform)
         .with_context(|| format!("resolving {reference}"))?;
-    let store = IndexStore::open(&args.cache_dir())?;
+    let store = IndexStore::open(&args.registry.cache_dir())?;
     let located = |path: PathBuf, found: Found| Located {
         path,
         found,
@@ -210,15 +229,4 @@ fn bound(path: &Path, image: &ResolvedImage) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let archive = Archive::open(&bytes).map_err(|e| e.to_string())?;
     clip_store::check_binding(&archive, image)
-}
-
-/// The client that `clip index --push` and `clip pull` use for `reference`.
-pub fn client_for(reference: &Reference, args: &SourceArgs) -> Result<Client> {
-    crate::registry_client(
-        args.creds.as_deref(),
-        ImageSource::CommandLine,
-        args.insecure,
-        reference,
-        RetryPolicy::default(),
-    )
 }
