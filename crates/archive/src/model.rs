@@ -86,6 +86,46 @@ pub struct Span {
     pub content_digest: [u8; 32],
 }
 
+/// Where a span lies, for the order rule of a layer's spans.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpanBounds {
+    pub uncompressed_offset: u64,
+    pub compressed_offset: u64,
+    pub compressed_end: u64,
+}
+
+/// The order rule of a layer's spans, applied by the writer to what it is given and by the
+/// reader to what it opens: the first span starts at uncompressed offset 0, each next one
+/// further on, and compressed ranges never go backwards (so that neighbouring spans make one
+/// bounded request and every offset of the layer is covered exactly once). `prev` is the
+/// previous span of the layer; the error says what is wrong with span `index`.
+pub(crate) fn check_span_order(
+    index: usize,
+    prev: Option<SpanBounds>,
+    span: SpanBounds,
+) -> Result<(), String> {
+    match prev {
+        None if span.uncompressed_offset != 0 => Err(format!(
+            "the first span starts at uncompressed offset {}, not 0",
+            span.uncompressed_offset
+        )),
+        Some(p) if span.uncompressed_offset <= p.uncompressed_offset => Err(format!(
+            "span {index} starts at uncompressed offset {}, not after the previous span's {}",
+            span.uncompressed_offset, p.uncompressed_offset
+        )),
+        Some(p)
+            if span.compressed_offset < p.compressed_offset
+                || span.compressed_end < p.compressed_end =>
+        {
+            Err(format!(
+                "span {index} covers compressed bytes {}..{}, before the previous span's {}..{}",
+                span.compressed_offset, span.compressed_end, p.compressed_offset, p.compressed_end
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A span's deflate dictionary (at most 32 KiB), held zstd-compressed exactly as the archive
 /// stores it: an indexing run keeps about 13 KiB per checkpoint in memory instead of 32, and
 /// the writer copies the bytes as they are. [`crate::Archive::window`] returns it unpacked.

@@ -557,38 +557,17 @@ impl<'a> Archive<'a> {
                     ),
                 ));
             }
-            let mut prev: Option<SpanInfo> = None;
+            let mut prev = None;
             for s in 0..table.len() {
                 let span = table.get(s)?;
-                match prev {
-                    None if span.uncompressed_offset != 0 => {
-                        return Err(corrupt(
-                            "spans",
-                            format!(
-                                "layer {layer}: the first span starts at uncompressed offset {}",
-                                span.uncompressed_offset
-                            ),
-                        ));
-                    }
-                    Some(p)
-                        if span.compressed_offset < p.compressed_offset
-                            || span.compressed_end < p.compressed_end =>
-                    {
-                        return Err(corrupt(
-                            "spans",
-                            format!(
-                                "layer {layer} span {s}: compressed bytes {}..{} lie before the \
-                                 previous span's {}..{}",
-                                span.compressed_offset,
-                                span.compressed_end,
-                                p.compressed_offset,
-                                p.compressed_end
-                            ),
-                        ));
-                    }
-                    _ => {}
-                }
-                prev = Some(span);
+                let bounds = crate::model::SpanBounds {
+                    uncompressed_offset: span.uncompressed_offset,
+                    compressed_offset: span.compressed_offset,
+                    compressed_end: span.compressed_end,
+                };
+                crate::model::check_span_order(s, prev, bounds)
+                    .map_err(|detail| corrupt("spans", format!("layer {layer}: {detail}")))?;
+                prev = Some(bounds);
             }
         }
         Ok(())

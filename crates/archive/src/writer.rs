@@ -291,38 +291,15 @@ fn check_layers(layers: &[Layer]) -> Result<(), ArchiveError> {
     }
     for (li, layer) in layers.iter().enumerate() {
         let bad = |detail: String| ArchiveError::InvalidLayer { layer: li, detail };
-        let mut prev: Option<&crate::Span> = None;
+        let mut prev = None;
         for (si, span) in layer.spans.iter().enumerate() {
-            match prev {
-                None if span.uncompressed_offset != 0 => {
-                    return Err(bad(format!(
-                        "the first span starts at uncompressed offset {}, not 0",
-                        span.uncompressed_offset
-                    )));
-                }
-                Some(p) if span.uncompressed_offset <= p.uncompressed_offset => {
-                    return Err(bad(format!(
-                        "span {si} starts at uncompressed offset {}, not after the previous \
-                         span's {}",
-                        span.uncompressed_offset, p.uncompressed_offset
-                    )));
-                }
-                Some(p)
-                    if span.compressed_offset < p.compressed_offset
-                        || span.compressed_end < p.compressed_end =>
-                {
-                    return Err(bad(format!(
-                        "span {si} covers compressed bytes {}..{}, before the previous span's \
-                         {}..{}",
-                        span.compressed_offset,
-                        span.compressed_end,
-                        p.compressed_offset,
-                        p.compressed_end
-                    )));
-                }
-                _ => {}
-            }
-            prev = Some(span);
+            let bounds = crate::model::SpanBounds {
+                uncompressed_offset: span.uncompressed_offset,
+                compressed_offset: span.compressed_offset,
+                compressed_end: span.compressed_end,
+            };
+            crate::model::check_span_order(si, prev, bounds).map_err(bad)?;
+            prev = Some(bounds);
             if span.uncompressed_offset > layer.uncompressed_size {
                 return Err(bad(format!(
                     "span {si} starts at {} beyond the uncompressed size {}",

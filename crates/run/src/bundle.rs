@@ -51,13 +51,7 @@ impl Bundle {
                 .create(&path)
                 .map_err(|e| Error::io("create", &path, e))?;
         }
-        let me = ProcessId::current().ok_or_else(|| {
-            Error::io(
-                "read",
-                "/proc/self/stat",
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })?;
+        let me = ProcessId::current_or_error()?;
         let owner = bundle.dir.join(OWNER);
         fs::OpenOptions::new()
             .write(true)

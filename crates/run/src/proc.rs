@@ -17,6 +17,17 @@ impl ProcessId {
         ProcessId::of(std::process::id())
     }
 
+    /// This process, or an error naming `/proc/self/stat` (unreadable only without `/proc`).
+    pub fn current_or_error() -> Result<ProcessId, crate::Error> {
+        ProcessId::current().ok_or_else(|| {
+            crate::Error::io(
+                "read",
+                "/proc/self/stat",
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })
+    }
+
     /// Process `pid`, if it runs.
     pub fn of(pid: u32) -> Option<ProcessId> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -176,13 +176,7 @@ impl SharedMounts {
         } else {
             tracing::debug!(mountpoint = %mnt.display(), live, "image already mounted: sharing it");
         }
-        let me = ProcessId::current().ok_or_else(|| {
-            Error::io(
-                "read",
-                "/proc/self/stat",
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })?;
+        let me = ProcessId::current_or_error()?;
         let registration = runs.join(format!(
             "{}.{}",
             me.pid,
