@@ -23,10 +23,6 @@ fn image(registry: &Registry, tag: &str, marker: &str) -> clip_testkit::PushedIm
         .push(registry, tag, ManifestFlavor::Oci)
 }
 
-fn json(run: Run) -> Value {
-    serde_json::from_str(&run.success().stdout()).expect("JSON")
-}
-
 fn referrers_tag_entries(registry: &Registry, repo: &str, subject: &str) -> Vec<Value> {
     let (_, body) = registry
         .client()
@@ -50,7 +46,7 @@ fn an_index_pushed_once_serves_a_second_node() {
     let first = scratch.path("first-node-cache");
     let second = scratch.path("second-node-cache");
 
-    let out = json(clip(&[
+    let out = json_of(clip(&[
         "index",
         "--push",
         "--quiet",
@@ -68,13 +64,7 @@ fn an_index_pushed_once_serves_a_second_node() {
 
     // The second node: an empty cache. It downloads the artifact once, and no layer blob.
     let mark = registry.log_mark();
-    let pulled = json(clip(&[
-        "pull",
-        "--json",
-        "--cache-dir",
-        second.to_str().unwrap(),
-        &image_ref,
-    ]));
+    let pulled = pull_json(&second, &image_ref);
     assert_eq!(pulled["source"], "registry", "{pulled}");
     assert_eq!(pulled["artifact"], artifact.as_str());
     assert_eq!(pulled["via"], "referrers-tag");
@@ -109,13 +99,7 @@ fn an_index_pushed_once_serves_a_second_node() {
 
     // Again: from the local store, without asking for the artifact.
     let mark = registry.log_mark();
-    let again = json(clip(&[
-        "pull",
-        "--json",
-        "--cache-dir",
-        second.to_str().unwrap(),
-        &image_ref,
-    ]));
+    let again = pull_json(&second, &image_ref);
     assert_eq!(again["source"], "store", "{again}");
     let requests = registry.requests_since(mark);
     assert!(
@@ -266,7 +250,7 @@ fn lying_or_missing_indexes_are_refused() {
     let fresh = |name: &str| scratch.path(name).to_str().unwrap().to_string();
 
     // An index whose blob no longer matches its digest.
-    let out = json(clip(&[
+    let out = json_of(clip(&[
         "index",
         "--push",
         "--quiet",

@@ -240,6 +240,17 @@ impl Background {
         stdin.write_all(text.as_bytes()).expect("writing stdin");
     }
 
+    /// Waits for a successful end (panics with stderr otherwise); the rest of stdout.
+    fn finish_ok(&mut self) -> String {
+        let out = self.finish();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Waits for the end; the rest of stdout, all of stderr and the status.
     fn finish(&mut self) -> Output {
         let mut child = self.child.take().expect("running");
@@ -599,29 +610,11 @@ fn concurrent_runs_share_one_mount() {
     );
 
     first.write_stdin("one\n");
-    let out = first.finish();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "got one\nID=clip-test\n"
-    );
+    assert_eq!(first.finish_ok(), "got one\nID=clip-test\n");
     // The second run still has its mount.
     assert_eq!(s.image_mounts(), 1);
     second.write_stdin("two\n");
-    let out = second.finish();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "got two\nID=clip-test\n"
-    );
+    assert_eq!(second.finish_ok(), "got two\nID=clip-test\n");
     s.assert_clean(&a);
     s.assert_clean(&b);
 }
@@ -691,13 +684,7 @@ fn a_stale_mount_is_cleared_and_mounted_again() {
     assert!(std::fs::metadata(s.mountpoint()).is_ok());
 
     first.write_stdin("x\n");
-    let out = first.finish();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
+    assert_eq!(first.finish_ok(), "bye\n");
     s.assert_clean(&a);
     s.assert_clean(&name);
 }
@@ -825,21 +812,11 @@ fn an_image_runs_by_reference_on_a_node_that_never_saw_it() {
         layer_gets.iter().all(|r| r.is_partial()),
         "a whole layer was pulled: {layer_gets:#?}"
     );
-    let pulled = json_of(clip(&[
-        "pull",
-        "--json",
-        "--cache-dir",
-        s.scratch.path("cache").to_str().unwrap(),
-        &image,
-    ]));
+    let pulled = pull_json(&s.scratch.path("cache"), &image);
     assert_eq!(
         pulled["source"], "store",
         "the run kept the index: {pulled}"
     );
-}
-
-fn json_of(run: Run) -> serde_json::Value {
-    serde_json::from_str(&run.success().stdout()).expect("JSON")
 }
 
 fn runtime_case(runtime: &str) {

@@ -94,6 +94,22 @@ pub fn image_ref(registry: &Registry, repo_tag: &str) -> String {
     format!("{}/{}", registry.addr(), repo_tag)
 }
 
+/// The JSON a successful run printed.
+pub fn json_of(run: Run) -> Value {
+    serde_json::from_str(&run.success().stdout()).expect("JSON")
+}
+
+/// `clip pull --json --cache-dir CACHE IMAGE`: where the index came from.
+pub fn pull_json(cache: &Path, image: &str) -> Value {
+    json_of(clip(&[
+        "pull",
+        "--json",
+        "--cache-dir",
+        cache.to_str().expect("utf-8 path"),
+        image,
+    ]))
+}
+
 /// `clip index --quiet REGISTRY/REPO:TAG OUT` with extra flags; panics on failure.
 pub fn index(registry: &Registry, repo_tag: &str, out: &Path, extra: &[&str]) -> Run {
     let image = image_ref(registry, repo_tag);
