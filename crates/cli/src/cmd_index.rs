@@ -78,9 +78,16 @@ pub fn run(args: Args) -> Result<()> {
         },
         None => clip_store::Origin::Local,
     };
-    let stored = clip_store::IndexStore::open(&args.registry.cache_dir())
-        .and_then(|store| store.insert(&meta.manifest_digest, &indexed.archive, origin))
+    let store = clip_store::IndexStore::open(&args.registry.cache_dir())
+        .context("opening the local index store")?;
+    let stored = store
+        .insert(&meta.manifest_digest, &indexed.archive, origin)
         .context("keeping the index in the local store")?;
+    store.remember(
+        &reference.to_string(),
+        &platform.to_string(),
+        &meta.manifest_digest,
+    );
 
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -308,19 +308,23 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     };
     let reference = reference.with_digest(&meta.manifest_digest);
     let timeout = Duration::from_secs(args.serve.read_timeout.max(1));
-    let client = crate::registry_client(
-        args.source.registry.creds.as_deref(),
-        located.image_source(),
-        args.source.registry.insecure,
-        &reference,
-        // A fetch retries for as long as a read may wait for it: bounded by time, not by a
-        // count of attempts (a registry that refuses connections fails each one at once).
-        RetryPolicy {
-            deadline: timeout,
-            max_attempts: u32::MAX,
-            ..RetryPolicy::default()
-        },
-    )?;
+    let client_with = |retry| {
+        crate::registry_client(
+            args.source.registry.creds.as_deref(),
+            located.image_source(),
+            args.source.registry.insecure,
+            &reference,
+            retry,
+        )
+    };
+    // A fetch retries for as long as a read may wait for it: bounded by time, not by a count
+    // of attempts (a registry that refuses connections fails each one at once).
+    let client = client_with(RetryPolicy {
+        deadline: timeout,
+        max_attempts: u32::MAX,
+        ..RetryPolicy::default()
+    })?;
+    probe_registry(&client_with(RetryPolicy::default())?, &reference, &archive)?;
     let fetch_options = FetchOptions {
         cache: CacheOptions {
             dir: args.source.registry.cache_dir(),
@@ -333,9 +337,6 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         Fetcher::new(archive.clone(), client, reference.clone(), fetch_options)
             .context("setting up the span cache")?,
     );
-    fetcher
-        .check_registry()
-        .with_context(|| format!("checking the registry of {reference} before mounting"))?;
 
     // Signals are caught from before the mount exists, so none can leave a stale mount.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -398,6 +399,31 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         stats_line(&serde_json::to_value(stats)?)
     );
     result.with_context(|| format!("serving {}", args.dir.display()))
+}
+
+/// One cheap request before mounting (one byte of the first non-empty layer blob), so that a
+/// mount whose registry refuses us (credentials, a wrong registry, a deleted image) fails at
+/// once with a clear message. A registry that cannot be reached now is no reason not to
+/// mount: whatever is in the cache is served, and the rest once it is back.
+fn probe_registry(
+    client: &clip_registry::Client,
+    reference: &Reference,
+    archive: &Archive<'_>,
+) -> Result<()> {
+    let Some(layer) = archive.layers().iter().find(|l| l.compressed_size > 0) else {
+        return Ok(());
+    };
+    match client.fetch_range(reference, &layer.digest, 0..1) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(image = %reference, error = %e,
+                "the registry cannot be reached: mounting anyway; cached data is served, other reads fail after --read-timeout until it is back");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "checking the registry of {reference} before mounting"
+        ))),
+    }
 }
 
 fn stats_line(v: &serde_json::Value) -> String {

@@ -40,7 +40,7 @@ enum Command {
     Umount(cmd_mount::UmountArgs),
     /// Show the counters of a running clip mount.
     Stats(cmd_mount::StatsArgs),
-    /// Run a container from a .clip index with an OCI runtime, as `docker run` does.
+    /// Run a container from an image (or a .clip index) with an OCI runtime, as `docker run` does.
     Run(Box<cmd_run::Args>),
 }
 

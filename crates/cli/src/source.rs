@@ -8,6 +8,7 @@
 //! same manifest, config and layer table as the registry describes now.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clip_archive::Archive;
@@ -15,6 +16,7 @@ use clip_registry::{Client, Platform, Reference, ReferrersSource, ResolvedImage,
 use clip_store::{IndexStore, Origin};
 
 use crate::creds::ImageSource;
+use crate::units;
 
 /// How to reach an image's registry and where indexes are kept: the flags of every command
 /// that names an image.
@@ -63,12 +65,16 @@ impl RegistryArgs {
     /// A client for an image reference typed on the command line (`--creds USER:PASS` is
     /// for its registry).
     pub fn client_for(&self, reference: &Reference) -> Result<Client> {
+        self.client_retrying(reference, RetryPolicy::default())
+    }
+
+    fn client_retrying(&self, reference: &Reference, retry: RetryPolicy) -> Result<Client> {
         crate::registry_client(
             self.creds.as_deref(),
             ImageSource::CommandLine,
             self.insecure,
             reference,
-            RetryPolicy::default(),
+            retry,
         )
     }
 }
@@ -98,6 +104,14 @@ pub enum Found {
     },
     /// Made now, the registry having none.
     IndexedHere,
+    /// The local index store, for the image as it was last resolved here: its registry
+    /// cannot be reached now.
+    Remembered {
+        origin: Origin,
+        manifest_digest: String,
+        /// Seconds since the epoch.
+        resolved_at: u64,
+    },
 }
 
 impl Found {
@@ -120,6 +134,11 @@ impl Found {
                 )
             }
             Found::IndexedHere => "indexed here (the registry has no index for it)".to_string(),
+            Found::Remembered { resolved_at, .. } => format!(
+                "the local index store, for the image as resolved {} (its registry cannot be \
+                 reached)",
+                resolved_when(*resolved_at)
+            ),
         }
     }
 
@@ -134,6 +153,17 @@ impl Found {
                 "via": match via { ReferrersSource::Api => "referrers-api", ReferrersSource::TagSchema => "referrers-tag" },
             }),
             Found::IndexedHere => serde_json::json!({"source": "indexed-here"}),
+            Found::Remembered {
+                origin,
+                manifest_digest,
+                resolved_at,
+            } => serde_json::json!({
+                "source": "store",
+                "origin": origin,
+                "offline": true,
+                "manifest_digest": manifest_digest,
+                "resolved_at": resolved_at,
+            }),
         }
     }
 }
@@ -174,15 +204,61 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
         .parse()
         .with_context(|| format!("{arg:?} is neither a .clip file nor an image reference"))?;
     let platform = args.registry.platform()?;
-    let client = args.registry.client_for(&reference)?;
-    let resolved = client
-        .resolve(&reference, &platform)
-        .with_context(|| format!("resolving {reference}"))?;
     let store = IndexStore::open(&args.registry.cache_dir())?;
+    // With an index of the image as last resolved here to fall back on, an unreachable
+    // registry is not worth waiting long for.
+    let fallback = store.recall(&reference.to_string(), &platform.to_string());
+    let client = match fallback {
+        Some(_) => args.registry.client_retrying(
+            &reference,
+            RetryPolicy {
+                max_attempts: 2,
+                deadline: Duration::from_secs(5),
+                ..RetryPolicy::default()
+            },
+        )?,
+        None => args.registry.client_for(&reference)?,
+    };
     let located = |path: PathBuf, found: Found| Located {
         path,
         found,
         image: Some(reference.clone()),
+    };
+    let resolved = match client.resolve(&reference, &platform) {
+        Ok(resolved) => {
+            store.remember(
+                &reference.to_string(),
+                &platform.to_string(),
+                &resolved.manifest_digest,
+            );
+            resolved
+        }
+        // The registry cannot be reached: the image as it was last resolved here, if its
+        // index is in the store (its spans may be in the cache).
+        Err(e) if e.is_transient() => {
+            let recalled = fallback.and_then(|r| Some((store.get(&r.manifest_digest).ok()??, r)));
+            let Some((stored, resolution)) = recalled else {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "resolving {reference} (its registry cannot be reached, and this machine \
+                     has not resolved it before)"
+                )));
+            };
+            eprintln!(
+                "clip: the registry of {reference} cannot be reached ({e}); using the image \
+                 as resolved {} ({})",
+                resolved_when(resolution.resolved_at),
+                resolution.manifest_digest
+            );
+            return Ok(located(
+                stored.path,
+                Found::Remembered {
+                    origin: stored.origin,
+                    manifest_digest: resolution.manifest_digest,
+                    resolved_at: resolution.resolved_at,
+                },
+            ));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("resolving {reference}"))),
     };
 
     if let Some(stored) = store.get(&resolved.manifest_digest)? {
@@ -222,6 +298,14 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
     }
     let stored = store.insert(&resolved.manifest_digest, &indexed.archive, Origin::Local)?;
     Ok(located(stored.path, Found::IndexedHere))
+}
+
+/// `at 2026-12-01 02:14 UTC`.
+fn resolved_when(secs: u64) -> String {
+    format!(
+        "at {} UTC",
+        units::datetime(i64::try_from(secs).unwrap_or(i64::MAX))
+    )
 }
 
 /// Whether the index at `path` is bound to `image`.

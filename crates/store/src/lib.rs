@@ -19,6 +19,8 @@
 //!   [`IndexStore::download`] one from the registry (artifact and blob verified against their
 //!   digests, the archive opened and checked, then bound to the image) or
 //!   [`IndexStore::insert`] one made here; entries are published atomically.
+//!   [`IndexStore::remember`] what a reference resolved to, so that [`IndexStore::recall`]
+//!   can name the image's index while its registry cannot be reached.
 //! - [`check_binding`]: an archive's manifest digest, config digest and layer table equal the
 //!   image's, as the registry describes it now.
 #![forbid(unsafe_code)]
@@ -33,4 +35,4 @@ pub use artifact::{
     INDEX_MEDIA_TYPE, MAX_INDEX_BYTES,
 };
 pub use error::StoreError;
-pub use local::{check_binding, IndexStore, Origin, StoredIndex};
+pub use local::{check_binding, IndexStore, Origin, Resolution, StoredIndex};

@@ -32,6 +32,29 @@ pub enum Origin {
     Local,
 }
 
+/// What an image reference resolved to when its registry was last reached
+/// ([`IndexStore::remember`]), so that a machine can start the image while its registry is
+/// unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// The reference as typed, normalised (`docker.io/library/alpine:latest`).
+    pub reference: String,
+    /// The platform it was resolved for (`linux/amd64`).
+    pub platform: String,
+    /// The manifest digest it resolved to.
+    pub manifest_digest: String,
+    /// When (seconds since the epoch).
+    pub resolved_at: u64,
+}
+
+/// The name of a reference's resolution record: the sha256 of reference and platform (a
+/// reference may hold any character a path must not).
+fn resolution_name(reference: &str, platform: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{reference}\n{platform}").as_bytes());
+    format!("ref-{}.json", hex::encode(digest))
+}
+
 /// An index in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredIndex {
@@ -119,6 +142,52 @@ impl IndexStore {
             path: self.path.join(name),
             origin,
         }))
+    }
+
+    /// Records that `reference` resolved to `manifest_digest` for `platform` just now. Best
+    /// effort: a record that cannot be written only costs an offline start.
+    pub fn remember(&self, reference: &str, platform: &str, manifest_digest: &str) {
+        if file_stem(manifest_digest).is_none() {
+            return;
+        }
+        let record = Resolution {
+            reference: reference.to_string(),
+            platform: platform.to_string(),
+            manifest_digest: manifest_digest.to_string(),
+            resolved_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let name = resolution_name(reference, platform);
+        let written = (|| {
+            let (temp, mut file) = self.temp_file(&name)?;
+            let json = serde_json::to_vec(&record).unwrap_or_default();
+            let result = file
+                .write_all(&json)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| self.io(&temp, e))
+                .and_then(|()| self.rename(&temp, &name));
+            if result.is_err() {
+                let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp.as_str(), AtFlags::empty());
+            }
+            result
+        })();
+        if let Err(e) = written {
+            tracing::warn!(%reference, error = %e, "cannot record what the reference resolved to");
+        }
+    }
+
+    /// What `reference` last resolved to for `platform` ([`IndexStore::remember`]), if that
+    /// was recorded and names a well-formed digest.
+    pub fn recall(&self, reference: &str, platform: &str) -> Option<Resolution> {
+        let bytes = self
+            .read_small(&resolution_name(reference, platform))
+            .ok()?;
+        let record: Resolution = serde_json::from_slice(&bytes).ok()?;
+        (record.reference == reference
+            && record.platform == platform
+            && file_stem(&record.manifest_digest).is_some())
+        .then_some(record)
     }
 
     /// Removes the index of this manifest digest (one found not to fit its image).
@@ -389,5 +458,41 @@ mod tests {
         assert_eq!(std::fs::read_dir(store.path()).unwrap().count(), 2);
         store.remove(&d).unwrap();
         assert_eq!(store.get(&d).unwrap(), None);
+    }
+
+    #[test]
+    fn resolutions_are_recalled_per_reference_and_platform() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = IndexStore::open(&tmp.path().join("cache")).unwrap();
+        let d1 = format!("sha256:{}", "01".repeat(32));
+        let d2 = format!("sha256:{}", "02".repeat(32));
+        let image = "registry.example:5000/app:1";
+        assert_eq!(store.recall(image, "linux/amd64"), None);
+        store.remember(image, "linux/amd64", &d1);
+        store.remember(image, "linux/arm64", &d2);
+        let got = store.recall(image, "linux/amd64").unwrap();
+        assert_eq!(got.manifest_digest, d1);
+        assert!(got.resolved_at > 0);
+        assert_eq!(
+            store.recall(image, "linux/arm64").unwrap().manifest_digest,
+            d2
+        );
+        assert_eq!(
+            store.recall("registry.example:5000/app:2", "linux/amd64"),
+            None
+        );
+        // The latest resolution wins; a malformed digest is not recorded.
+        store.remember(image, "linux/amd64", &d2);
+        store.remember(image, "linux/amd64", "sha256:../../etc");
+        assert_eq!(
+            store.recall(image, "linux/amd64").unwrap().manifest_digest,
+            d2
+        );
+        use std::os::unix::fs::MetadataExt as _;
+        for e in std::fs::read_dir(store.path()).unwrap() {
+            let e = e.unwrap();
+            assert!(!e.file_name().to_string_lossy().starts_with(".tmp"));
+            assert_eq!(e.metadata().unwrap().mode() & 0o777, 0o600);
+        }
     }
 }

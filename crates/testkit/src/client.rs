@@ -77,6 +77,17 @@ impl RegistryClient {
         }
     }
 
+    /// Deletes the repository's link to a blob (`DELETE /v2/<repo>/blobs/<digest>`; the test
+    /// registry allows deletes): reads of it answer 404 from then on.
+    pub fn delete_blob(&self, repo: &str, digest: &str) -> Result<(), Error> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self.with_auth(self.agent.delete(url)).call()?;
+        match resp.status().as_u16() {
+            202 => Ok(()),
+            _ => Err(failure("DELETE blob", resp)),
+        }
+    }
+
     /// Uploads a blob monolithically (`POST …/blobs/uploads/`, then `PUT <location>&digest=`)
     /// unless `HEAD` says the repository has it already. Returns its digest.
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> Result<String, Error> {
