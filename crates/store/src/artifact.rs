@@ -1,5 +1,7 @@
-//! The index artifact: an OCI image manifest whose `artifactType` is [`ARTIFACT_TYPE`], with the
-//! empty config, the `.clip` as its one layer, and `subject` = the image manifest it indexes.
+//! clip's artifacts beside an image: OCI image manifests with the empty config, one layer, and
+//! `subject` = the image manifest they describe. The index artifact (`artifactType`
+//! [`ARTIFACT_TYPE`]) carries a `.clip`; the profile artifact ([`PROFILE_ARTIFACT_TYPE`]) carries
+//! a startup profile ([`crate::Profile`]).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +22,15 @@ pub const INDEX_MEDIA_TYPE: &str = "application/vnd.clip.index.v1.clip";
 pub const FORMAT_ANNOTATION: &str = "dev.clip.index.format";
 /// Largest index blob accepted from a registry (the size comes from the artifact manifest).
 pub const MAX_INDEX_BYTES: u64 = 2 << 30;
+
+/// The `artifactType` of a startup profile artifact.
+pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.clip.profile.v1";
+/// The media type of its one layer: the profile as JSON.
+pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1+json";
+/// Largest profile blob accepted from a registry.
+pub const MAX_PROFILE_BYTES: u64 = 16 << 20;
+/// When a profile artifact was pushed (RFC 3339, UTC): the newest one is used.
+const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const EMPTY: &[u8] = b"{}";
@@ -78,13 +89,45 @@ fn format_annotations() -> BTreeMap<String, String> {
     BTreeMap::from([(FORMAT_ANNOTATION.to_string(), FORMAT_VERSION.to_string())])
 }
 
-/// The artifact manifest for an index blob of `size` bytes with `digest`. Deterministic: the
-/// same index gives the same manifest (no timestamps), so pushing twice changes nothing.
-fn artifact_manifest(digest: &str, size: u64, subject: &Subject) -> Vec<u8> {
+/// One kind of clip artifact.
+struct Kind {
+    artifact_type: &'static str,
+    layer_media_type: &'static str,
+    title: &'static str,
+    max_bytes: u64,
+    /// What the artifact is, in messages.
+    noun: &'static str,
+}
+
+const INDEX: Kind = Kind {
+    artifact_type: ARTIFACT_TYPE,
+    layer_media_type: INDEX_MEDIA_TYPE,
+    title: "index.clip",
+    max_bytes: MAX_INDEX_BYTES,
+    noun: "clip index",
+};
+
+const PROFILE: Kind = Kind {
+    artifact_type: PROFILE_ARTIFACT_TYPE,
+    layer_media_type: PROFILE_MEDIA_TYPE,
+    title: "profile.json",
+    max_bytes: MAX_PROFILE_BYTES,
+    noun: "clip startup profile",
+};
+
+/// The artifact manifest of `kind` for a blob of `size` bytes with `digest`, annotated with
+/// `annotations`. Deterministic: the same blob and annotations give the same manifest.
+fn artifact_manifest(
+    kind: &Kind,
+    digest: &str,
+    size: u64,
+    subject: &Subject,
+    annotations: BTreeMap<String, String>,
+) -> Vec<u8> {
     let manifest = ArtifactManifest {
         schema_version: 2,
         media_type: OCI_IMAGE_MANIFEST.to_string(),
-        artifact_type: ARTIFACT_TYPE.to_string(),
+        artifact_type: kind.artifact_type.to_string(),
         config: Descriptor {
             media_type: EMPTY_MEDIA_TYPE.to_string(),
             digest: sha256(EMPTY),
@@ -93,11 +136,11 @@ fn artifact_manifest(digest: &str, size: u64, subject: &Subject) -> Vec<u8> {
             annotations: BTreeMap::new(),
         },
         layers: vec![Descriptor {
-            media_type: INDEX_MEDIA_TYPE.to_string(),
+            media_type: kind.layer_media_type.to_string(),
             digest: digest.to_string(),
             size,
             artifact_type: None,
-            annotations: BTreeMap::from([(TITLE_ANNOTATION.to_string(), "index.clip".to_string())]),
+            annotations: BTreeMap::from([(TITLE_ANNOTATION.to_string(), kind.title.to_string())]),
         }],
         subject: Descriptor {
             media_type: subject.media_type.clone(),
@@ -106,7 +149,7 @@ fn artifact_manifest(digest: &str, size: u64, subject: &Subject) -> Vec<u8> {
             artifact_type: None,
             annotations: BTreeMap::new(),
         },
-        annotations: format_annotations(),
+        annotations,
     };
     // A struct of strings and numbers always encodes.
     serde_json::to_vec(&manifest).unwrap_or_default()
@@ -138,17 +181,70 @@ pub fn push(
             ),
         });
     }
-    let index_digest = client.push_blob(image, archive)?;
+    let ours = FORMAT_VERSION.to_string();
+    push_artifact(
+        client,
+        image,
+        archive,
+        subject,
+        &INDEX,
+        format_annotations(),
+        &|d: &Descriptor| {
+            d.artifact_type.as_deref() == Some(ARTIFACT_TYPE)
+                && d.annotations.get(FORMAT_ANNOTATION) == Some(&ours)
+        },
+    )
+}
+
+/// Uploads a startup profile (JSON, of the image `subject`) as a profile artifact and makes it
+/// discoverable like an index, replacing the earlier clip profile in the referrers tag.
+pub fn push_profile(
+    client: &Client,
+    image: &Reference,
+    profile: &[u8],
+    subject: &Subject,
+) -> Result<PushedIndex, StoreError> {
+    let created = crate::profile::rfc3339_now();
+    push_artifact(
+        client,
+        image,
+        profile,
+        subject,
+        &PROFILE,
+        BTreeMap::from([(CREATED_ANNOTATION.to_string(), created)]),
+        &|d: &Descriptor| d.artifact_type.as_deref() == Some(PROFILE_ARTIFACT_TYPE),
+    )
+}
+
+/// Uploads `blob` as an artifact of `kind` about `subject`, and lists it among the subject's
+/// referrers (the registry does it itself, or the referrers tag is updated, dropping the
+/// entries `replaces` matches).
+fn push_artifact(
+    client: &Client,
+    image: &Reference,
+    blob: &[u8],
+    subject: &Subject,
+    kind: &Kind,
+    annotations: BTreeMap<String, String>,
+    replaces: &dyn Fn(&Descriptor) -> bool,
+) -> Result<PushedIndex, StoreError> {
+    let blob_digest = client.push_blob(image, blob)?;
     client.push_blob(image, EMPTY)?;
-    let manifest = artifact_manifest(&index_digest, archive.len() as u64, subject);
+    let manifest = artifact_manifest(
+        kind,
+        &blob_digest,
+        blob.len() as u64,
+        subject,
+        annotations.clone(),
+    );
     let digest = sha256(&manifest);
     let pushed = client.push_manifest(image, &digest, OCI_IMAGE_MANIFEST, &manifest, None)?;
     let artifact = Descriptor {
         media_type: OCI_IMAGE_MANIFEST.to_string(),
         digest: pushed.digest.clone(),
         size: manifest.len() as u64,
-        artifact_type: Some(ARTIFACT_TYPE.to_string()),
-        annotations: format_annotations(),
+        artifact_type: Some(kind.artifact_type.to_string()),
+        annotations,
     };
     if pushed.subject_indexed {
         tracing::info!(artifact = %artifact.digest, "the registry indexes the referrer itself");
@@ -157,12 +253,7 @@ pub fn push(
             via: ReferrersSource::Api,
         });
     }
-    let ours = FORMAT_VERSION.to_string();
-    let replaces = |d: &Descriptor| {
-        d.artifact_type.as_deref() == Some(ARTIFACT_TYPE)
-            && d.annotations.get(FORMAT_ANNOTATION) == Some(&ours)
-    };
-    client.add_referrer(image, &subject.digest, &artifact, &replaces)?;
+    client.add_referrer(image, &subject.digest, &artifact, replaces)?;
     Ok(PushedIndex {
         artifact,
         via: ReferrersSource::TagSchema,
@@ -192,6 +283,42 @@ pub fn find(
     }))
 }
 
+/// The newest startup profile artifact of the image whose manifest is `subject_digest`, if the
+/// registry lists one among the manifest's referrers.
+pub fn find_profile(
+    client: &Client,
+    image: &Reference,
+    subject_digest: &str,
+) -> Result<Option<FoundIndex>, StoreError> {
+    let referrers = client.referrers(image, subject_digest, Some(PROFILE_ARTIFACT_TYPE))?;
+    let created = |d: &Descriptor| d.annotations.get(CREATED_ANNOTATION).cloned();
+    // Listed last wins among equals: the referrers tag appends.
+    let found = referrers
+        .manifests
+        .into_iter()
+        .filter(|d| d.artifact_type.as_deref() == Some(PROFILE_ARTIFACT_TYPE))
+        .fold(None::<Descriptor>, |best, d| match &best {
+            Some(b) if created(b) > created(&d) => best,
+            _ => Some(d),
+        });
+    Ok(found.map(|artifact| FoundIndex {
+        artifact,
+        via: referrers.source,
+    }))
+}
+
+/// The profile blob a profile artifact manifest names, after checking the manifest.
+pub(crate) fn profile_blob(
+    client: &Client,
+    image: &Reference,
+    artifact: &Descriptor,
+    subject_digest: &str,
+) -> Result<Descriptor, StoreError> {
+    artifact_blob(client, image, artifact, subject_digest, &PROFILE, &|_| {
+        Ok(())
+    })
+}
+
 /// The index blob an artifact manifest names, after checking the manifest: a clip index
 /// artifact, of our format, about `subject_digest`, with one layer of at most
 /// [`MAX_INDEX_BYTES`].
@@ -201,9 +328,40 @@ pub(crate) fn index_blob(
     artifact: &Descriptor,
     subject_digest: &str,
 ) -> Result<Descriptor, StoreError> {
+    artifact_blob(
+        client,
+        image,
+        artifact,
+        subject_digest,
+        &INDEX,
+        &|manifest| {
+            let format = manifest.annotations.get(FORMAT_ANNOTATION);
+            if format == Some(&FORMAT_VERSION.to_string()) {
+                return Ok(());
+            }
+            Err(format!(
+                "it holds an index of format {}, this clip reads {FORMAT_VERSION}",
+                format.map_or("(unnamed)", String::as_str)
+            ))
+        },
+    )
+}
+
+/// The one blob an artifact manifest of `kind` names, after checking the manifest: its type,
+/// that its subject is `subject_digest`, one layer of the kind's media type and at most its
+/// size, and whatever `check` says of it.
+fn artifact_blob(
+    client: &Client,
+    image: &Reference,
+    artifact: &Descriptor,
+    subject_digest: &str,
+    kind: &Kind,
+    check: &dyn Fn(&ArtifactManifest) -> Result<(), String>,
+) -> Result<Descriptor, StoreError> {
     let bad = |reason: String| StoreError::BadArtifact {
         digest: artifact.digest.clone(),
         repository: format!("{}/{}", image.registry, image.repository),
+        what: kind.noun,
         reason,
     };
     let fetched = client
@@ -213,7 +371,7 @@ pub(crate) fn index_blob(
         })?;
     let manifest: ArtifactManifest = serde_json::from_slice(&fetched.body)
         .map_err(|e| bad(format!("not an artifact manifest: {e}")))?;
-    if manifest.artifact_type != ARTIFACT_TYPE {
+    if manifest.artifact_type != kind.artifact_type {
         return Err(bad(format!("artifactType is {:?}", manifest.artifact_type)));
     }
     if manifest.subject.digest != subject_digest {
@@ -222,23 +380,17 @@ pub(crate) fn index_blob(
             manifest.subject.digest
         )));
     }
-    let format = manifest.annotations.get(FORMAT_ANNOTATION);
-    if format != Some(&FORMAT_VERSION.to_string()) {
-        return Err(bad(format!(
-            "it holds an index of format {}, this clip reads {FORMAT_VERSION}",
-            format.map_or("(unnamed)", String::as_str)
-        )));
-    }
+    check(&manifest).map_err(bad)?;
     let [layer] = manifest.layers.as_slice() else {
         return Err(bad(format!("{} layers, expected 1", manifest.layers.len())));
     };
-    if layer.media_type != INDEX_MEDIA_TYPE {
+    if layer.media_type != kind.layer_media_type {
         return Err(bad(format!("its layer is a {:?}", layer.media_type)));
     }
-    if layer.size > MAX_INDEX_BYTES {
+    if layer.size > kind.max_bytes {
         return Err(bad(format!(
-            "its index is {} bytes, more than the {MAX_INDEX_BYTES} accepted",
-            layer.size
+            "its blob is {} bytes, more than the {} accepted",
+            layer.size, kind.max_bytes
         )));
     }
     Ok(layer.clone())
@@ -256,8 +408,11 @@ mod tests {
             size: 1234,
         };
         let digest = format!("sha256:{}", "b".repeat(64));
-        let one = artifact_manifest(&digest, 99, &subject);
-        assert_eq!(one, artifact_manifest(&digest, 99, &subject));
+        let one = artifact_manifest(&INDEX, &digest, 99, &subject, format_annotations());
+        assert_eq!(
+            one,
+            artifact_manifest(&INDEX, &digest, 99, &subject, format_annotations())
+        );
         let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
         assert_eq!(v["artifactType"], ARTIFACT_TYPE);
         assert_eq!(v["config"]["mediaType"], EMPTY_MEDIA_TYPE);

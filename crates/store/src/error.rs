@@ -40,13 +40,15 @@ pub enum StoreError {
         reason: String,
     },
 
-    /// The artifact in the registry is not a clip index artifact as this clip writes them.
-    #[error("artifact {digest} in {repository} is not a usable clip index: {reason}")]
+    /// The artifact in the registry is not a clip artifact as this clip writes them.
+    #[error("artifact {digest} in {repository} is not a usable {what}: {reason}")]
     BadArtifact {
         /// The artifact manifest's digest.
         digest: String,
         /// Where it is.
         repository: String,
+        /// What it should be (`clip index`, `clip startup profile`).
+        what: &'static str,
         /// What is wrong.
         reason: String,
     },
@@ -58,6 +60,15 @@ pub enum StoreError {
         path: PathBuf,
         /// The error.
         error: io::Error,
+    },
+
+    /// A startup profile is unusable.
+    #[error("the startup profile {what}: {error}")]
+    Profile {
+        /// Which profile.
+        what: String,
+        /// What is wrong.
+        error: crate::ProfileError,
     },
 
     /// The store's directory is not private to this user.

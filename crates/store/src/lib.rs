@@ -21,6 +21,9 @@
 //!   [`IndexStore::insert`] one made here; entries are published atomically.
 //!   [`IndexStore::remember`] what a reference resolved to, so that [`IndexStore::recall`]
 //!   can name the image's index while its registry cannot be reached.
+//! - [`Profile`]: a startup profile (what a container read while it started), kept beside the
+//!   index ([`IndexStore::profile`], [`IndexStore::put_profile`]) and in the registry
+//!   ([`push_profile`], [`find_profile`], [`IndexStore::download_profile`]).
 //! - [`check_binding`]: an archive's manifest digest, config digest and layer table equal the
 //!   image's, as the registry describes it now.
 #![forbid(unsafe_code)]
@@ -29,10 +32,16 @@
 mod artifact;
 mod error;
 mod local;
+mod profile;
 
 pub use artifact::{
-    find, push, FoundIndex, PushedIndex, Subject, ARTIFACT_TYPE, FORMAT_ANNOTATION,
-    INDEX_MEDIA_TYPE, MAX_INDEX_BYTES,
+    find, find_profile, push, push_profile, FoundIndex, PushedIndex, Subject, ARTIFACT_TYPE,
+    FORMAT_ANNOTATION, INDEX_MEDIA_TYPE, MAX_INDEX_BYTES, MAX_PROFILE_BYTES, PROFILE_ARTIFACT_TYPE,
+    PROFILE_MEDIA_TYPE,
 };
 pub use error::StoreError;
 pub use local::{check_binding, IndexStore, Origin, Resolution, StoredIndex};
+pub use profile::{
+    Profile, ProfileError, ProfileFile, ProfileSpan, MAX_PROFILE_FILES, MAX_PROFILE_SPANS,
+    PROFILE_VERSION,
+};

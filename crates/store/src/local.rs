@@ -16,8 +16,8 @@ use clip_sys::private::{open_dir_at, open_private_dir, FILE_MODE};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::index_blob;
-use crate::{FoundIndex, StoreError};
+use crate::artifact::{index_blob, profile_blob};
+use crate::{FoundIndex, Profile, StoreError};
 
 /// Where an index in the store came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,10 +190,80 @@ impl IndexStore {
         .then_some(record)
     }
 
+    /// The startup profile kept for the image with this manifest digest, if any. A profile
+    /// that does not parse is reported as an error (and left for [`IndexStore::put_profile`]
+    /// to replace).
+    pub fn profile(&self, manifest_digest: &str) -> Result<Option<Profile>, StoreError> {
+        let name = format!("{}.profile.json", self.stem(manifest_digest)?);
+        let bytes = match self.open_file(&name) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                file.take(crate::MAX_PROFILE_BYTES + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| self.io(&name, e))?;
+                bytes
+            }
+            Err(StoreError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        Profile::parse(&bytes, manifest_digest)
+            .map(Some)
+            .map_err(|error| StoreError::Profile {
+                what: self.path.join(&name).display().to_string(),
+                error,
+            })
+    }
+
+    /// Keeps `profile` as the startup profile of its image (replacing the one kept before;
+    /// merging is the caller's choice). Published atomically.
+    pub fn put_profile(&self, profile: &Profile) -> Result<PathBuf, StoreError> {
+        let name = format!("{}.profile.json", self.stem(&profile.manifest_digest)?);
+        let (temp, mut file) = self.temp_file(&name)?;
+        let written = file
+            .write_all(&profile.to_json())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io(&temp, e))
+            .and_then(|()| self.rename(&temp, &name));
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp.as_str(), AtFlags::empty());
+        }
+        written.map(|()| self.path.join(name))
+    }
+
+    /// Downloads the profile artifact `found` of the image whose manifest is `manifest_digest`:
+    /// the artifact manifest checked, the blob verified against its digest and size, the
+    /// profile parsed and checked ([`Profile::parse`]). Not kept: see
+    /// [`IndexStore::put_profile`].
+    pub fn download_profile(
+        &self,
+        client: &Client,
+        image: &Reference,
+        found: &FoundIndex,
+        manifest_digest: &str,
+    ) -> Result<Profile, StoreError> {
+        let blob = profile_blob(client, image, &found.artifact, manifest_digest)?;
+        let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(into_registry_error)
+            .map_err(StoreError::Registry)?;
+        Profile::parse(&bytes, manifest_digest).map_err(|error| StoreError::Profile {
+            what: format!("{} of {image}", found.artifact.digest),
+            error,
+        })
+    }
+
     /// Removes the index of this manifest digest (one found not to fit its image).
     pub fn remove(&self, manifest_digest: &str) -> Result<(), StoreError> {
         let stem = self.stem(manifest_digest)?;
-        for name in [format!("{stem}.clip"), format!("{stem}.json")] {
+        for name in [
+            format!("{stem}.clip"),
+            format!("{stem}.json"),
+            format!("{stem}.profile.json"),
+        ] {
             match rustix::fs::unlinkat(self.dir.as_fd(), name.as_str(), AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                 Err(e) => return Err(self.io(&name, e.into())),
@@ -494,5 +564,32 @@ mod tests {
             assert!(!e.file_name().to_string_lossy().starts_with(".tmp"));
             assert_eq!(e.metadata().unwrap().mode() & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn profiles_are_kept_beside_their_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = IndexStore::open(&tmp.path().join("cache")).unwrap();
+        let d = format!("sha256:{}", "cd".repeat(32));
+        assert_eq!(store.profile(&d).unwrap(), None);
+        let mut p = Profile::new(&d);
+        p.spans.push(crate::ProfileSpan {
+            layer: format!("sha256:{}", "ab".repeat(32)),
+            span: 4,
+            at_ms: 12,
+        });
+        let path = store.put_profile(&p).unwrap();
+        assert_eq!(store.profile(&d).unwrap(), Some(p));
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // A damaged profile is an error naming it, not a silent nothing.
+        std::fs::write(&path, b"{").unwrap();
+        let err = store.profile(&d).unwrap_err().to_string();
+        assert!(
+            err.contains("profile.json") && err.contains("not a profile"),
+            "{err}"
+        );
+        store.remove(&d).unwrap();
+        assert_eq!(store.profile(&d).unwrap(), None);
     }
 }
