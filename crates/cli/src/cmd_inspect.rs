@@ -23,6 +23,10 @@ pub struct Args {
     /// With --ls: list subdirectories recursively.
     #[arg(long, short = 'R', requires = "ls")]
     pub recursive: bool,
+    /// List the image's startup profile (`--record`): its spans and files in first-access
+    /// order.
+    #[arg(long, conflicts_with = "ls")]
+    pub profile: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -38,12 +42,32 @@ pub fn run(args: Args) -> Result<()> {
     let archive =
         Archive::open(&bytes).with_context(|| format!("reading {}", located.path.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // The startup profile kept beside the index, if any (one that is unusable is said).
+    let profile = clip_store::IndexStore::open(&args.source.registry.cache_dir())
+        .and_then(|store| store.profile(&archive.meta().manifest_digest))
+        .unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            None
+        });
     match &args.ls {
         Some(path) => list(&archive, path, args.recursive, args.json, &mut out)?,
+        None if args.profile => {
+            let Some(profile) = &profile else {
+                anyhow::bail!(
+                    "no startup profile for {} (record one with `clip run --record`)",
+                    args.image
+                );
+            };
+            list_profile(&archive, profile, args.json, &mut out)?;
+        }
         None if args.json => {
             let mut summary = summary_json(&archive, bytes.len())?;
             summary["index"] = located.found.json();
             summary["index"]["path"] = json!(located.path);
+            summary["profile"] = match &profile {
+                Some(p) => profile_summary(&archive, p),
+                None => Value::Null,
+            };
             serde_json::to_writer_pretty(&mut out, &summary)?;
             writeln!(out)?;
         }
@@ -53,9 +77,114 @@ pub fn run(args: Args) -> Result<()> {
                 writeln!(out, "from       {}", located.found.describe())?;
             }
             summary_text(&archive, bytes.len(), &mut out)?;
+            let line = match &profile {
+                Some(p) => {
+                    let v = profile_summary(&archive, p);
+                    format!(
+                        "{} spans ({} to fetch), {} files, over {:.1} s",
+                        v["spans"],
+                        units::bytes(v["compressed_bytes"].as_u64().unwrap_or(0)),
+                        v["files"],
+                        v["last_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                    )
+                }
+                None => "none (record one with `clip run --record`)".to_string(),
+            };
+            writeln!(out, "profile    {line}")?;
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The spans of a profile that fit this index: (layer index, span index, at_ms, span).
+fn profile_spans<'a>(
+    archive: &'a Archive<'_>,
+    profile: &'a clip_store::Profile,
+) -> impl Iterator<Item = (u32, clip_archive::SpanInfo, &'a clip_store::ProfileSpan)> + 'a {
+    profile.spans.iter().filter_map(|s| {
+        let layer = archive.layers().iter().position(|l| l.digest == s.layer)?;
+        let layer = u32::try_from(layer).ok()?;
+        let span = archive
+            .spans(layer)
+            .ok()?
+            .get(usize::try_from(s.span).ok()?)
+            .ok()?;
+        Some((layer, span, s))
+    })
+}
+
+/// Counts of a profile: spans and files, the bytes its spans cover, its duration.
+fn profile_summary(archive: &Archive<'_>, profile: &clip_store::Profile) -> Value {
+    let (mut spans, mut compressed, mut uncompressed) = (0u64, 0u64, 0u64);
+    for (_, span, _) in profile_spans(archive, profile) {
+        spans += 1;
+        compressed += span.compressed_end - span.compressed_offset;
+        uncompressed += span.uncompressed_end - span.uncompressed_offset;
+    }
+    let last_ms = profile
+        .spans
+        .iter()
+        .map(|s| s.at_ms)
+        .chain(profile.files.iter().map(|f| f.at_ms))
+        .max()
+        .unwrap_or(0);
+    json!({
+        "spans": spans,
+        "unknown_spans": profile.spans.len() as u64 - spans,
+        "files": profile.files.len(),
+        "compressed_bytes": compressed,
+        "uncompressed_bytes": uncompressed,
+        "last_ms": last_ms,
+    })
+}
+
+/// `--profile`: the spans, then the files, in first-access order.
+fn list_profile(
+    archive: &Archive<'_>,
+    profile: &clip_store::Profile,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    if json {
+        let spans: Vec<Value> = profile_spans(archive, profile)
+            .map(|(layer, span, s)| {
+                json!({
+                    "at_ms": s.at_ms,
+                    "layer": layer,
+                    "span": s.span,
+                    "compressed_bytes": span.compressed_end - span.compressed_offset,
+                    "uncompressed_offset": span.uncompressed_offset,
+                })
+            })
+            .collect();
+        let files: Vec<Value> = profile
+            .files
+            .iter()
+            .map(|f| json!({"at_ms": f.at_ms, "path": f.path}))
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &json!({"spans": spans, "files": files}))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>8}  {:>5} {:>7}  {:>10}",
+        "ms", "layer", "span", "fetch"
+    )?;
+    for (layer, span, s) in profile_spans(archive, profile) {
+        writeln!(
+            out,
+            "{:>8}  {layer:>5} {:>7}  {:>10}",
+            s.at_ms,
+            s.span,
+            units::bytes(span.compressed_end - span.compressed_offset)
+        )?;
+    }
+    writeln!(out, "{:>8}  file", "ms")?;
+    for f in &profile.files {
+        writeln!(out, "{:>8}  {}", f.at_ms, printable(f.path.as_bytes()))?;
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use clip_fs::{ContentError, ContentSource, FsCore};
 use clip_registry::{Reference, RetryPolicy};
 use sha2::{Digest, Sha256};
 
+use crate::record::Recorder;
 use crate::source::{locate, Found, Located, SourceArgs};
 use crate::units;
 
@@ -35,6 +36,8 @@ pub struct Args {
     pub dir: PathBuf,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
     /// Return once the mount is ready and keep serving it in the background.
     #[arg(long)]
     pub daemon: bool,
@@ -53,6 +56,53 @@ pub struct Args {
     pub from_image: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// `--record`: the flags `clip mount` and `clip run` share to record a startup profile.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RecordArgs {
+    /// Record which spans (and files) are read, in first-access order: a startup profile,
+    /// kept beside the image's index in the local index store when the mount ends (merged
+    /// with the one kept there, unless --replace), and replayed by later mounts.
+    #[arg(long)]
+    pub record: bool,
+    /// With --record: record only what is read in the first SECS seconds.
+    #[arg(long, value_name = "SECS", requires = "record")]
+    pub record_for: Option<u64>,
+    /// With --record: replace the profile kept instead of merging with it.
+    #[arg(long, requires = "record")]
+    pub replace: bool,
+    /// With --record: also push the profile to the image's repository, beside its index,
+    /// where every machine finds it.
+    #[arg(long, requires = "record")]
+    pub push: bool,
+    /// Internal (used by `clip run --record`): write what was recorded to FILE instead of
+    /// keeping it.
+    #[arg(long, hide = true, value_name = "FILE", requires = "record")]
+    pub record_to: Option<PathBuf>,
+}
+
+impl RecordArgs {
+    /// The flags again, for a mount daemon.
+    fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.record {
+            out.push("--record".to_string());
+        }
+        if let Some(secs) = self.record_for {
+            out.push(format!("--record-for={secs}"));
+        }
+        if self.replace {
+            out.push("--replace".to_string());
+        }
+        if self.push {
+            out.push("--push".to_string());
+        }
+        if let Some(file) = &self.record_to {
+            out.push(format!("--record-to={}", file.display()));
+        }
+        out
+    }
 }
 
 /// How a mount serves its image: the flags `clip mount` and `clip run` share beside
@@ -83,8 +133,20 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// Bridges the fetcher to the filesystem core (neither crate knows the other).
-struct FetchContent(Arc<Fetcher>);
+/// Bridges the fetcher to the filesystem core (neither crate knows the other), telling the
+/// recorder (`--record`) of every read served.
+struct FetchContent {
+    fetcher: Arc<Fetcher>,
+    recorder: Option<Arc<Recorder>>,
+}
+
+impl FetchContent {
+    fn served(&self, layer: u32, offset: u64, result: &Result<usize, ContentError>) {
+        if let (Some(recorder), Ok(n)) = (&self.recorder, result) {
+            recorder.note(layer, offset, *n);
+        }
+    }
+}
 
 impl ContentSource for FetchContent {
     fn read_at(
@@ -94,9 +156,12 @@ impl ContentSource for FetchContent {
         buf: &mut [u8],
         since: Instant,
     ) -> Result<usize, ContentError> {
-        self.0
+        let result = self
+            .fetcher
             .read_at_since(layer, offset, buf, since)
-            .map_err(content_error)
+            .map_err(content_error);
+        self.served(layer, offset, &result);
+        result
     }
 
     fn read_cached(
@@ -107,9 +172,12 @@ impl ContentSource for FetchContent {
     ) -> Option<Result<usize, ContentError>> {
         // Only final answers come back as errors (no such layer, past its end); anything a
         // fetch might still fix is `None` from the fetcher, so the read goes to a worker.
-        self.0
+        let result = self
+            .fetcher
             .read_cached(layer, offset, buf)
-            .map(|r| r.map_err(content_error))
+            .map(|r| r.map_err(content_error))?;
+        self.served(layer, offset, &result);
+        Some(result)
     }
 }
 
@@ -178,6 +246,7 @@ fn run_daemon(args: &Args, located: &Located) -> Result<()> {
         &args.dir,
         &args.source,
         &args.serve,
+        &args.record,
         args.allow_other,
         args.log_file.as_deref(),
     )?;
@@ -199,6 +268,7 @@ pub fn spawn_daemon(
     dir: &Path,
     source: &SourceArgs,
     serve: &ServeArgs,
+    record: &RecordArgs,
     allow_other: bool,
     log_file: Option<&Path>,
 ) -> Result<(u32, PathBuf)> {
@@ -245,6 +315,7 @@ pub fn spawn_daemon(
     if allow_other {
         cmd.arg("--allow-other");
     }
+    cmd.args(record.to_args());
     if source.registry.insecure {
         cmd.arg("--insecure");
     }
@@ -347,7 +418,21 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     .context("installing signal handlers")?;
     let signal_handle = signals.handle();
 
-    let core = FsCore::new(archive.clone(), Arc::new(FetchContent(fetcher.clone())));
+    let recorder = if args.record.record {
+        let window = args.record.record_for.map(Duration::from_secs);
+        Some(Arc::new(
+            Recorder::new(&archive, window).context("preparing to record")?,
+        ))
+    } else {
+        None
+    };
+    let core = FsCore::new(
+        archive.clone(),
+        Arc::new(FetchContent {
+            fetcher: fetcher.clone(),
+            recorder: recorder.clone(),
+        }),
+    );
     let mount_options = clip_fuse::MountOptions {
         allow_other: args.allow_other,
         ..clip_fuse::MountOptions::default()
@@ -392,6 +477,28 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     let result = mounted.wait();
     signal_handle.close();
     drop(stats_server);
+    if let Some(recorder) = recorder {
+        // A profile that cannot be kept does not make the mount a failure: said, and logged.
+        let kept = match &args.record.record_to {
+            Some(file) => crate::cmd_index::write_atomically(file, &recorder.profile().to_json())
+                .with_context(|| format!("writing {}", file.display())),
+            None => keep_profile(
+                recorder.profile(),
+                &args.record,
+                &args.source.registry.cache_dir(),
+                || client_with(RetryPolicy::default()),
+                &reference,
+                clip_registry::Platform {
+                    os: meta.platform.os.clone(),
+                    architecture: meta.platform.architecture.clone(),
+                    variant: meta.platform.variant.clone(),
+                },
+            ),
+        };
+        if let Err(e) = kept {
+            tracing::error!("the startup profile was not kept: {e:#}");
+        }
+    }
     let stats = fetcher.stats();
     eprintln!(
         "clip: unmounted {}: {}",
@@ -399,6 +506,56 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         stats_line(&serde_json::to_value(stats)?)
     );
     result.with_context(|| format!("serving {}", args.dir.display()))
+}
+
+/// `--record`, at the end of the mount: the profile recorded, merged with the one kept unless
+/// `--replace`, kept in the index store and, with `--push`, pushed beside the image's index.
+pub fn keep_profile(
+    recorded: clip_store::Profile,
+    record: &RecordArgs,
+    cache_dir: &Path,
+    client: impl FnOnce() -> Result<clip_registry::Client>,
+    reference: &Reference,
+    platform: clip_registry::Platform,
+) -> Result<()> {
+    let store = clip_store::IndexStore::open(cache_dir)?;
+    let mut profile = clip_store::Profile::new(&recorded.manifest_digest);
+    if !record.replace {
+        match store.profile(&recorded.manifest_digest) {
+            Ok(Some(kept)) => profile.merge(kept),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("replacing an unusable profile: {e}"),
+        }
+    }
+    let (spans, files) = (recorded.spans.len(), recorded.files.len());
+    profile.merge(recorded);
+    let path = store.put_profile(&profile)?;
+    tracing::info!(spans, files, total_spans = profile.spans.len(), path = %path.display(),
+        "startup profile recorded");
+    eprintln!(
+        "clip: recorded {spans} spans and {files} files; the profile of {reference} now has {} \
+         spans ({})",
+        profile.spans.len(),
+        path.display()
+    );
+    if record.push {
+        let client = client()?;
+        let image = client
+            .resolve(reference, &platform)
+            .with_context(|| format!("resolving {reference} to push its profile"))?;
+        let subject = clip_store::Subject {
+            digest: image.manifest_digest.clone(),
+            media_type: image.manifest_media_type.clone(),
+            size: image.manifest.len() as u64,
+        };
+        let pushed = clip_store::push_profile(&client, reference, &profile.to_json(), &subject)
+            .with_context(|| format!("pushing the profile of {reference}"))?;
+        eprintln!(
+            "clip: pushed the profile to {}/{} as artifact {}",
+            reference.registry, reference.repository, pushed.artifact.digest
+        );
+    }
+    Ok(())
 }
 
 /// One cheap request before mounting (one byte of the first non-empty layer blob), so that a

@@ -24,7 +24,7 @@ use clip_run::{
 
 use clip_sys::private::open_private_dir;
 
-use crate::cmd_mount::{self, ServeArgs};
+use crate::cmd_mount::{self, RecordArgs, ServeArgs};
 use crate::source::{self, Located, SourceArgs};
 
 /// The exit code of `clip run` when it fails itself, or the runtime fails before the
@@ -80,6 +80,8 @@ pub struct Args {
     pub serve: ServeArgs,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
     /// The image (a reference, or a .clip index file), then the command to run instead of the image's Cmd
     /// and its arguments. Options end at the image, as for `docker run`: what follows it is
     /// the container's.
@@ -98,29 +100,53 @@ struct DaemonMounter {
     located: Located,
     source: SourceArgs,
     serve: ServeArgs,
+    /// `--record`: the mount is this run's alone, and records into `record_to`.
+    record: RecordArgs,
+    /// The daemon started, with `--record` (whose end is waited for: it writes the profile).
+    recording_daemon: Mutex<Option<clip_run::ProcessId>>,
 }
+
+/// How long the end of a recording mount daemon is waited for (it writes what it recorded).
+const RECORDING_DAEMON_EXIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ImageMounter for DaemonMounter {
     fn mount(&self, dir: &Path, log: &Path) -> Result<u32, BoxError> {
         // `allow_other`: the container's processes may run as any user; the mountpoint
         // itself sits in a private (0700) directory, so no other host user reaches it.
-        cmd_mount::spawn_daemon(
+        let (pid, _) = cmd_mount::spawn_daemon(
             &self.located,
             dir,
             &self.source,
             &self.serve,
+            &self.record,
             true,
             Some(log),
         )
-        .map(|(pid, _)| pid)
-        .map_err(|e| format!("{e:#}").into())
+        .map_err(|e| format!("{e:#}"))?;
+        if self.record.record {
+            *self
+                .recording_daemon
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = clip_run::ProcessId::of(pid);
+        }
+        Ok(pid)
     }
 
     fn unmount(&self, dir: &Path) -> Result<(), BoxError> {
         match clip_fuse::unmount(dir) {
-            Ok(()) | Err(clip_fuse::MountError::NotMounted { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) | Err(clip_fuse::MountError::NotMounted { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
+        let daemon = *self
+            .recording_daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(daemon) = daemon {
+            if !daemon.wait_exit(RECORDING_DAEMON_EXIT) {
+                tracing::warn!(pid = daemon.pid, "the recording mount daemon did not exit");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -150,7 +176,7 @@ pub fn run(args: Args) -> Result<u8> {
     // The index: the file given, or the image's (local store, its registry, or made here).
     let located = source::locate(image_arg, &args.source, false)?;
     let index = &located.path;
-    let (reference, digest, config_json) = {
+    let (reference, digest, config_json, platform) = {
         let file =
             std::fs::File::open(index).with_context(|| format!("opening {}", index.display()))?;
         let mapping = clip_sys::Mapping::new(&file)
@@ -162,14 +188,24 @@ pub fn run(args: Args) -> Result<u8> {
             meta.reference.clone(),
             meta.manifest_digest.clone(),
             meta.config.clone(),
+            clip_registry::Platform {
+                os: meta.platform.os.clone(),
+                architecture: meta.platform.architecture.clone(),
+                variant: meta.platform.variant.clone(),
+            },
         )
     };
-    let key = digest
+    let mut key = digest
         .split_once(':')
         .map(|(_, hex)| hex)
         .filter(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_alphanumeric()))
         .with_context(|| format!("the index names an invalid manifest digest {digest:?}"))?
         .to_string();
+    // A recording run has a mount of its own: only its container's reads are recorded.
+    let mut record = args.record.clone();
+    if record.record {
+        key.push_str(&format!("rec{}", std::process::id()));
+    }
     let image = ImageConfig::from_json(&config_json)
         .with_context(|| format!("the image config of {reference}"))?;
 
@@ -237,6 +273,11 @@ pub fn run(args: Args) -> Result<u8> {
     open_private_dir(&runs)?;
     // What runs that crashed left behind goes first (their names may be reused).
     Bundle::sweep(&runs);
+    if record.record {
+        let profiles = base.join("profiles");
+        open_private_dir(&profiles)?;
+        record.record_to = Some(profiles.join(format!("{key}.json")));
+    }
     runtime.check_name_free(&id)?;
 
     let mut run = Resources {
@@ -256,17 +297,68 @@ pub fn run(args: Args) -> Result<u8> {
             located: located.clone(),
             source: args.source.clone(),
             serve: args.serve.clone(),
+            record: record.clone(),
+            recording_daemon: Mutex::new(None),
         }),
         &runs,
         &state,
     );
     let cleaned = run.cleanup();
     signal_handle.close();
+    if let Some(file) = &record.record_to {
+        // The mount is gone and its daemon has written what it recorded.
+        if result.is_ok() {
+            if let Err(e) = keep_recorded(
+                file, &digest, &record, &args, &located, &reference, platform,
+            ) {
+                eprintln!("clip: the startup profile was not kept: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_file(file);
+    }
     let code = result?;
     if let Err(e) = cleaned {
         eprintln!("clip: cleaning up after {id}: {e:#}");
     }
     Ok(code)
+}
+
+/// `clip run --record`: keeps (and with `--push`, pushes) what the run's mount recorded.
+fn keep_recorded(
+    file: &Path,
+    digest: &str,
+    record: &RecordArgs,
+    args: &Args,
+    located: &Located,
+    indexed_from: &str,
+    platform: clip_registry::Platform,
+) -> Result<()> {
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("reading what the mount recorded ({})", file.display()))?;
+    let recorded = clip_store::Profile::parse(&bytes, digest)?;
+    let reference: clip_registry::Reference = match &located.image {
+        Some(image) => image.clone(),
+        None => indexed_from
+            .parse()
+            .with_context(|| format!("the index names an invalid image {indexed_from:?}"))?,
+    };
+    let reference = reference.with_digest(digest);
+    cmd_mount::keep_profile(
+        recorded,
+        record,
+        &args.source.registry.cache_dir(),
+        || {
+            crate::registry_client(
+                args.source.registry.creds.as_deref(),
+                located.image_source(),
+                args.source.registry.insecure,
+                &reference,
+                clip_registry::RetryPolicy::default(),
+            )
+        },
+        &reference,
+        platform,
+    )
 }
 
 fn options(args: &Args, command: &[String]) -> Result<RunOptions> {

@@ -10,6 +10,7 @@ mod cmd_mount;
 mod cmd_pull;
 mod cmd_run;
 mod creds;
+mod record;
 mod source;
 mod units;
 

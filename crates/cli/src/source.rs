@@ -263,7 +263,16 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
 
     if let Some(stored) = store.get(&resolved.manifest_digest)? {
         match bound(&stored.path, &resolved) {
-            Ok(()) => return Ok(located(stored.path, Found::Store(stored.origin))),
+            Ok(()) => {
+                // A profile pushed since the index was stored is worth one more request.
+                if matches!(store.profile(&resolved.manifest_digest), Ok(None)) {
+                    match clip_store::find_profile(&client, &reference, &resolved.manifest_digest) {
+                        Ok(found) => keep_profile(&store, &client, &reference, found, &resolved),
+                        Err(e) => tracing::warn!("looking for a startup profile: {e}"),
+                    }
+                }
+                return Ok(located(stored.path, Found::Store(stored.origin)));
+            }
             Err(reason) => {
                 tracing::warn!(index = %stored.path.display(), %reason,
                     "the stored index does not fit the image; fetching it again");
@@ -271,10 +280,12 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
             }
         }
     }
-    if let Some(found) = clip_store::find(&client, &reference, &resolved.manifest_digest)? {
+    let artifacts = clip_store::find_artifacts(&client, &reference, &resolved.manifest_digest)?;
+    if let Some(found) = artifacts.index {
         let stored = store
             .download(&client, &reference, &found, &resolved)
             .with_context(|| format!("downloading the index of {reference}"))?;
+        keep_profile(&store, &client, &reference, artifacts.profile, &resolved);
         return Ok(located(
             stored.path,
             Found::Registry {
@@ -298,6 +309,28 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
     }
     let stored = store.insert(&resolved.manifest_digest, &indexed.archive, Origin::Local)?;
     Ok(located(stored.path, Found::IndexedHere))
+}
+
+/// Downloads the startup profile `found` (if any) into the store, replacing the one kept: the
+/// registry's is the fleet's. Best effort: a profile only makes starts faster.
+fn keep_profile(
+    store: &IndexStore,
+    client: &Client,
+    reference: &Reference,
+    found: Option<clip_store::FoundIndex>,
+    image: &ResolvedImage,
+) {
+    let Some(found) = found else {
+        return;
+    };
+    let kept = store
+        .download_profile(client, reference, &found, &image.manifest_digest)
+        .and_then(|profile| store.put_profile(&profile));
+    match kept {
+        Ok(path) => tracing::info!(artifact = %found.artifact.digest, path = %path.display(),
+            "startup profile downloaded"),
+        Err(e) => tracing::warn!("the startup profile of {reference} is not used: {e}"),
+    }
 }
 
 /// `at 2026-12-01 02:14 UTC`.

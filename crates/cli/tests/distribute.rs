@@ -327,7 +327,11 @@ fn lying_or_missing_indexes_are_refused() {
     );
     assert!(
         std::fs::read_dir(std::path::Path::new(&cache).join("indexes/f2"))
-            .map(|d| d.count())
+            .map(|d| d
+                .filter(|e| e
+                    .as_ref()
+                    .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with("ref-")))
+                .count())
             .unwrap_or(0)
             == 0,
         "nothing refused is kept"
@@ -459,4 +463,57 @@ fn mirrors_serve_reads_and_the_registry_is_the_fallback() {
         "the registry served what the mirror could not"
     );
     mount.unmount();
+}
+
+#[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry (scripts/test.sh runs it)"]
+fn a_mount_records_what_is_read() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    image(&registry, "rec:1", "recorded");
+    let image_ref = image_ref(&registry, "rec:1");
+    let cache = scratch.path("cache");
+    let cache_s = cache.to_str().unwrap();
+    clip(&["index", "--quiet", "--cache-dir", cache_s, &image_ref]).success();
+    let none = clip(&["inspect", "--profile", "--cache-dir", cache_s, &image_ref]).failure();
+    assert!(none.contains("no startup profile"), "{none}");
+
+    let mount = Mount::start(
+        std::path::Path::new(&image_ref),
+        &scratch.path("mnt"),
+        &cache,
+        &["--record"],
+    );
+    assert_eq!(
+        std::fs::read(mount.dir.join("etc/marker")).unwrap(),
+        b"recorded\n"
+    );
+    std::fs::read(mount.dir.join("app/run")).unwrap();
+    let log = mount.unmount();
+    assert!(log.contains("recorded"), "{log}");
+    let profile = json_of(clip(&[
+        "inspect",
+        "--profile",
+        "--json",
+        "--cache-dir",
+        cache_s,
+        &image_ref,
+    ]));
+    let files: Vec<&str> = profile["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["/etc/marker", "/app/run"], "{profile}");
+    assert!(!profile["spans"].as_array().unwrap().is_empty());
+    // Not read, not recorded.
+    assert!(!files.contains(&"/data/big"));
+    let text = clip(&["inspect", "--cache-dir", cache_s, &image_ref])
+        .success()
+        .stdout();
+    assert!(
+        text.contains("profile    ") && text.contains("2 files"),
+        "{text}"
+    );
 }

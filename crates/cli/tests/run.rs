@@ -855,3 +855,136 @@ fn runtime_crun() {
 fn runtime_runsc() {
     runtime_case("runsc");
 }
+
+#[test]
+#[ignore = "privileged: needs root, FUSE, overlayfs, runc, docker-registry (scripts/test.sh runs it)"]
+fn a_recorded_profile_travels_with_the_image() {
+    let s = Setup::new("profile");
+    let image = image_ref(&s.registry, "run:1");
+    let ci = s.scratch.path("ci-cache");
+    clip(&[
+        "index",
+        "--push",
+        "--quiet",
+        "--cache-dir",
+        ci.to_str().unwrap(),
+        &image,
+    ])
+    .success();
+    let node = s.scratch.path("cache");
+    let profile_of = |cache: &Path| -> serde_json::Value {
+        json_of(clip(&[
+            "inspect",
+            "--profile",
+            "--json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            &image,
+        ]))
+    };
+    let files = |p: &serde_json::Value| -> Vec<String> {
+        p["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Recorded while the container starts, kept in the node's store and pushed.
+    let name = s.name(1);
+    let out = s
+        .command_of(
+            image.as_ref(),
+            &name,
+            &["--record", "--push"],
+            &["cat", "/etc/os-release"],
+        )
+        .output()
+        .unwrap();
+    s.assert_clean(&name);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ID=clip-test\n");
+    assert!(
+        err.contains("recorded") && err.contains("pushed the profile"),
+        "{err}"
+    );
+    let first = profile_of(&node);
+    let recorded = files(&first);
+    assert!(recorded.contains(&"/etc/os-release".to_string()), "{first}");
+    assert!(recorded.contains(&"/bin/busybox".to_string()), "{first}");
+    let spans = first["spans"].as_array().unwrap();
+    assert!(!spans.is_empty(), "{first}");
+    let times: Vec<u64> = spans.iter().map(|s| s["at_ms"].as_u64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "first-access order: {times:?}"
+    );
+    // The recording mount was the run's own, and it is gone with what it recorded.
+    let left: Vec<_> = std::fs::read_dir("/run/clip/images")
+        .unwrap()
+        .chain(std::fs::read_dir("/run/clip/profiles").unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&s.key))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let shown = json_of(clip(&[
+        "inspect",
+        "--json",
+        "--cache-dir",
+        node.to_str().unwrap(),
+        &image,
+    ]));
+    assert_eq!(shown["profile"]["spans"], spans.len(), "{shown}");
+
+    // A second node finds the profile beside the index.
+    let other = s.scratch.path("other-cache");
+    pull_json(&other, &image);
+    assert_eq!(
+        profile_of(&other),
+        first,
+        "the same profile on the second node"
+    );
+
+    // Recording again merges; --replace starts over.
+    let out = s
+        .command_of(image.as_ref(), &name, &["--record"], &["cat", "/etc/group"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = files(&profile_of(&node));
+    assert!(
+        merged.contains(&"/etc/os-release".to_string())
+            && merged.contains(&"/etc/group".to_string()),
+        "{merged:?}"
+    );
+    let out = s
+        .command_of(
+            image.as_ref(),
+            &name,
+            &["--record", "--replace"],
+            &["cat", "/etc/passwd"],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replaced = files(&profile_of(&node));
+    assert!(
+        replaced.contains(&"/etc/passwd".to_string()),
+        "{replaced:?}"
+    );
+    assert!(
+        !replaced.contains(&"/etc/os-release".to_string()),
+        "{replaced:?}"
+    );
+    s.assert_clean(&name);
+}

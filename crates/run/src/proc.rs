@@ -36,6 +36,41 @@ impl ProcessId {
         (state != 'Z' && state != 'X').then_some(ProcessId { pid, start })
     }
 
+    /// Waits until the recorded process has exited, at most `timeout`; returns whether it has.
+    /// Watches a pidfd (no polling); a pid that now names another process counts as exited.
+    pub fn wait_exit(&self, timeout: std::time::Duration) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let Some(pid) = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return true;
+        };
+        let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        else {
+            return !self.is_alive();
+        };
+        // Opened after the pid was reused? Then ours is gone.
+        if !self.is_alive() {
+            return true;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&left)) {
+                Ok(0) => return false,
+                Ok(_) => return true,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return !self.is_alive(),
+            }
+        }
+    }
+
     /// Whether the recorded process still runs (same pid, same start time).
     pub fn is_alive(&self) -> bool {
         ProcessId::of(self.pid).is_some_and(|p| p.start == self.start)
@@ -96,5 +131,20 @@ mod tests {
         let id = ProcessId::of(child.id());
         child.wait().unwrap();
         assert!(id.is_none_or(|id| !id.is_alive()));
+    }
+
+    #[test]
+    fn waiting_for_an_exit() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let id = ProcessId::of(child.id()).unwrap();
+        assert!(!id.wait_exit(std::time::Duration::ZERO), "still reading");
+        drop(child.stdin.take());
+        assert!(id.wait_exit(std::time::Duration::from_secs(60)));
+        child.wait().unwrap();
+        assert!(id.wait_exit(std::time::Duration::ZERO), "reaped: gone");
     }
 }

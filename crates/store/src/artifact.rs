@@ -260,6 +260,16 @@ fn push_artifact(
     })
 }
 
+/// clip's artifacts listed among an image manifest's referrers.
+#[derive(Debug, Clone, Default)]
+pub struct Artifacts {
+    /// The index artifact of the format this clip reads (the last listed when there are
+    /// several).
+    pub index: Option<FoundIndex>,
+    /// The newest startup profile artifact.
+    pub profile: Option<FoundIndex>,
+}
+
 /// The index artifact of the image whose manifest is `subject_digest`, of the format this
 /// clip reads, if the registry lists one among the manifest's referrers (the last listed when
 /// there are several).
@@ -268,43 +278,61 @@ pub fn find(
     image: &Reference,
     subject_digest: &str,
 ) -> Result<Option<FoundIndex>, StoreError> {
-    let referrers = client.referrers(image, subject_digest, Some(ARTIFACT_TYPE))?;
-    let ours = FORMAT_VERSION.to_string();
-    let found = referrers
-        .manifests
-        .into_iter()
-        .rfind(|d| d.annotations.get(FORMAT_ANNOTATION) == Some(&ours));
-    if found.is_none() {
-        tracing::debug!(image = %image, via = ?referrers.source, "no clip index among the referrers");
-    }
-    Ok(found.map(|artifact| FoundIndex {
-        artifact,
-        via: referrers.source,
-    }))
+    Ok(list(client, image, subject_digest, Some(ARTIFACT_TYPE))?.index)
 }
 
-/// The newest startup profile artifact of the image whose manifest is `subject_digest`, if the
-/// registry lists one among the manifest's referrers.
+/// The newest startup profile artifact of the image whose manifest is `subject_digest`, if
+/// the registry lists one among the manifest's referrers.
 pub fn find_profile(
     client: &Client,
     image: &Reference,
     subject_digest: &str,
 ) -> Result<Option<FoundIndex>, StoreError> {
-    let referrers = client.referrers(image, subject_digest, Some(PROFILE_ARTIFACT_TYPE))?;
+    Ok(list(client, image, subject_digest, Some(PROFILE_ARTIFACT_TYPE))?.profile)
+}
+
+/// The index and profile artifacts of the image whose manifest is `subject_digest`, from one
+/// listing of its referrers.
+pub fn find_artifacts(
+    client: &Client,
+    image: &Reference,
+    subject_digest: &str,
+) -> Result<Artifacts, StoreError> {
+    list(client, image, subject_digest, None)
+}
+
+fn list(
+    client: &Client,
+    image: &Reference,
+    subject_digest: &str,
+    artifact_type: Option<&str>,
+) -> Result<Artifacts, StoreError> {
+    let referrers = client.referrers(image, subject_digest, artifact_type)?;
+    let ours = FORMAT_VERSION.to_string();
     let created = |d: &Descriptor| d.annotations.get(CREATED_ANNOTATION).cloned();
-    // Listed last wins among equals: the referrers tag appends.
-    let found = referrers
-        .manifests
-        .into_iter()
-        .filter(|d| d.artifact_type.as_deref() == Some(PROFILE_ARTIFACT_TYPE))
-        .fold(None::<Descriptor>, |best, d| match &best {
-            Some(b) if created(b) > created(&d) => best,
-            _ => Some(d),
-        });
-    Ok(found.map(|artifact| FoundIndex {
-        artifact,
-        via: referrers.source,
-    }))
+    let mut found = Artifacts::default();
+    let via = referrers.source;
+    for d in referrers.manifests {
+        match d.artifact_type.as_deref() {
+            Some(ARTIFACT_TYPE) if d.annotations.get(FORMAT_ANNOTATION) == Some(&ours) => {
+                found.index = Some(FoundIndex { artifact: d, via });
+            }
+            // Listed last wins among equals: the referrers tag appends.
+            Some(PROFILE_ARTIFACT_TYPE)
+                if found
+                    .profile
+                    .as_ref()
+                    .is_none_or(|p| created(&p.artifact) <= created(&d)) =>
+            {
+                found.profile = Some(FoundIndex { artifact: d, via });
+            }
+            _ => {}
+        }
+    }
+    if found.index.is_none() {
+        tracing::debug!(image = %image, via = ?via, "no clip index among the referrers");
+    }
+    Ok(found)
 }
 
 /// The profile blob a profile artifact manifest names, after checking the manifest.

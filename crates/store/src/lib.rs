@@ -35,9 +35,9 @@ mod local;
 mod profile;
 
 pub use artifact::{
-    find, find_profile, push, push_profile, FoundIndex, PushedIndex, Subject, ARTIFACT_TYPE,
-    FORMAT_ANNOTATION, INDEX_MEDIA_TYPE, MAX_INDEX_BYTES, MAX_PROFILE_BYTES, PROFILE_ARTIFACT_TYPE,
-    PROFILE_MEDIA_TYPE,
+    find, find_artifacts, find_profile, push, push_profile, Artifacts, FoundIndex, PushedIndex,
+    Subject, ARTIFACT_TYPE, FORMAT_ANNOTATION, INDEX_MEDIA_TYPE, MAX_INDEX_BYTES,
+    MAX_PROFILE_BYTES, PROFILE_ARTIFACT_TYPE, PROFILE_MEDIA_TYPE,
 };
 pub use error::StoreError;
 pub use local::{check_binding, IndexStore, Origin, Resolution, StoredIndex};
