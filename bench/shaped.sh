@@ -9,6 +9,26 @@ registry_bytes() {
   awk '$9 ~ /^20[06]$/ {s += $10} END {print s+0}' "$1"
 }
 
+# bytes_matching LOG SINCE_LINE UNTIL_LINE PATTERN: bytes sent for requests whose path
+# matches PATTERN, in the access log's lines after SINCE_LINE up to UNTIL_LINE.
+bytes_matching() {
+  sed -n "$(($2 + 1)),$3p" "$1" | awk -v p="$4" '$9 ~ /^20[06]$/ && $7 ~ p {s += $10} END {print s+0}'
+}
+
+# index_download_bytes LOG SINCE_LINE IMAGE CACHE_DIR: what a node's download of IMAGE's index
+# (into CACHE_DIR's store) cost, from the registry's access log after SINCE_LINE: the
+# referrers tag's index, the artifact's manifest and the index blob.
+index_download_bytes() {
+  local log=$1 since=$2 image=$3 cache=$4 pulled artifact index_file subject until
+  until=$(wc -l < "$log")
+  pulled=$("$CLIP" pull --json --insecure --cache-dir "$cache" "$image")
+  [ "$(jq -r .origin.source <<<"$pulled")" = registry ] || { echo "the index did not come from the registry: $pulled" >&2; return 1; }
+  artifact=$(jq -r .origin.artifact <<<"$pulled")
+  index_file=$(jq -r .path <<<"$pulled")
+  subject=$("$CLIP" inspect --json "$index_file" | jq -r .image.manifest_digest)
+  bytes_matching "$log" "$since" "$until" "${subject/:/-}|$artifact|$(sha256sum "$index_file" | cut -d' ' -f1)"
+}
+
 # start_shaped_registry: a second registry serving the same storage as start_registry's, in a
 # network namespace of its own behind a veth pair shaped to 1 Gbit/s each way with tbf and
 # 5 ms each way (netem where the kernel has it, else a delaying TCP proxy in front of the
@@ -49,9 +69,9 @@ start_shaped_registry() {
 }
 
 stop_shaped_registry() {
-  [ -n "$NETNS" ] || return 0
-  [ -n "${NS_REGISTRY_PID:-}" ] && kill "$NS_REGISTRY_PID" 2>/dev/null
-  [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null
+  if [ -z "$NETNS" ]; then return 0; fi
+  if [ -n "${NS_REGISTRY_PID:-}" ]; then kill "$NS_REGISTRY_PID" 2>/dev/null || true; fi
+  if [ -n "${PROXY_PID:-}" ]; then kill "$PROXY_PID" 2>/dev/null || true; fi
   ip netns del "$NETNS" 2>/dev/null || true
   ip link del clipb0 2>/dev/null || true
   NETNS=""

@@ -13,6 +13,7 @@ packages=(
   util-linux        # `script`, which gives clip run -t a terminal in the tests
   busybox-static    # the demo image's userland
   time              # peak memory in the benchmark
+  strace            # the file-granular floor of a start, in the benchmarks
   jq                # the demo script reads clip's JSON
 )
 
