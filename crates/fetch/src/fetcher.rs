@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use clip_archive::{Archive, Compression, SpanInfo, SpanTable};
+use clip_archive::{Archive, Compression, SpanInfo};
 use clip_registry::{Client, Reference, RegistryError};
 use sha2::{Digest as _, Sha256};
 
@@ -44,7 +44,8 @@ struct LayerState {
     compression: Compression,
     compressed_size: u64,
     uncompressed_size: u64,
-    spans: SpanTable<'static>,
+    /// Spans in its table.
+    span_count: usize,
     /// Its entries in the span cache.
     cache: LayerCache,
     /// Where the last read of this layer ended (`u64::MAX` before the first).
@@ -209,7 +210,7 @@ impl Shared {
                 compression: info.compression,
                 compressed_size: info.compressed_size,
                 uncompressed_size: info.uncompressed_size,
-                spans,
+                span_count: spans.len(),
                 cache: layer_cache,
                 last_end: AtomicU64::new(u64::MAX),
                 readahead_next: AtomicUsize::new(0),
@@ -298,6 +299,7 @@ impl Shared {
         start: u64,
         end: u64,
     ) -> Result<Vec<(usize, SpanInfo)>, FetchError> {
+        let table = self.archive.spans(l.index)?;
         let mut out = Vec::new();
         let mut pos = start;
         while pos < end {
@@ -308,11 +310,10 @@ impl Shared {
                 }
                 .into()
             };
-            let i = l
-                .spans
+            let i = table
                 .find(pos)
                 .ok_or_else(|| corrupt(format!("no span covers uncompressed offset {pos}")))?;
-            let info = l.spans.get(i)?;
+            let info = table.get(i)?;
             if !(info.uncompressed_offset <= pos && pos < info.uncompressed_end) {
                 return Err(corrupt(format!(
                     "span {i} ({}..{}) was found for offset {pos}",
@@ -504,7 +505,7 @@ impl Shared {
         let to = last_span
             .saturating_add(1)
             .saturating_add(ahead)
-            .min(l.spans.len());
+            .min(l.span_count);
         if from >= to {
             return;
         }
@@ -814,12 +815,15 @@ impl Shared {
                 // Claims are taken for one run at a time, right before it is fetched: a span
                 // further on is not held (with readers waiting on it) while earlier runs are
                 // fetched; a reader that wants it meanwhile fetches it itself.
+                let Ok(table) = self.archive.spans(layer) else {
+                    return;
+                };
                 let mut run: Vec<(SpanInfo, Claim)> = Vec::new();
                 for i in spans {
                     if self.is_shutdown() {
                         return; // claims of `run` dropped: Cancelled
                     }
-                    let Ok(info) = l.spans.get(i) else {
+                    let Ok(info) = table.get(i) else {
                         break;
                     };
                     if span_len(&info) == 0 || l.cache.exists(i, &info) {
@@ -1424,7 +1428,7 @@ mod tests {
             }],
         };
         let bytes = write_archive(&meta, &[layer], &tree).unwrap();
-        let archive = Arc::new(Archive::open(Box::leak(bytes.into_boxed_slice())).unwrap());
+        let archive = Arc::new(Archive::open_owned(bytes).unwrap());
         // A port nobody listens on: fetches fail at once with a registry error.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -56,8 +56,7 @@
 //! use clip_fetch::{Fetcher, FetchOptions};
 //! use clip_registry::{Client, ClientOptions, Reference};
 //!
-//! let bytes: &'static [u8] = Box::leak(std::fs::read("alpine.clip")?.into_boxed_slice());
-//! let archive = Arc::new(Archive::open(bytes)?);
+//! let archive = Arc::new(Archive::open_owned(std::fs::read("alpine.clip")?)?);
 //! let reference: Reference = archive.meta().reference.parse()?;
 //! let client = Client::new(ClientOptions::default())?;
 //! let fetcher = Fetcher::new(archive.clone(), client, reference, FetchOptions::default())?;
