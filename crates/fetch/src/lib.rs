@@ -75,20 +75,38 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+mod decode;
 mod error;
 mod fetcher;
-mod flight;
+mod queue;
+mod read;
+mod readahead;
+mod run;
+mod source;
+mod stream;
+mod sync;
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clip_archive::Archive;
+use clip_archive::{Archive, SpanInfo};
 use clip_registry::{Client, Reference};
 
 pub use cache::PrivateDirError;
 pub use error::FetchError;
+pub use source::{BlobSource, RegistrySource};
+
+/// One span of a layer: its index in the layer's span table, and what the table says of it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpanRef {
+    pub(crate) index: usize,
+    pub(crate) info: SpanInfo,
+}
 
 /// Where the span cache lives and how large it may grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,17 +230,31 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher for `archive`'s layers, read from `reference`'s repository with `client`.
-    /// Creates the cache directory and starts the background threads; does not touch the
-    /// network (see [`Fetcher::check_registry`]).
+    /// A fetcher for `archive`'s layers, read from `reference`'s repository with `client`
+    /// (a [`RegistrySource`]). Creates the cache directory and starts the background threads;
+    /// does not touch the network (see [`Fetcher::check_registry`]).
     pub fn new(
         archive: Arc<Archive<'static>>,
         client: Client,
         reference: Reference,
         options: FetchOptions,
     ) -> Result<Fetcher, FetchError> {
+        Fetcher::with_source(
+            archive,
+            Arc::new(RegistrySource::new(client, reference)),
+            options,
+        )
+    }
+
+    /// A fetcher for `archive`'s layers, read from any [`BlobSource`] (an in-memory one in
+    /// tests: [`testing::MemorySource`]).
+    pub fn with_source(
+        archive: Arc<Archive<'static>>,
+        source: Arc<dyn BlobSource>,
+        options: FetchOptions,
+    ) -> Result<Fetcher, FetchError> {
         Ok(Fetcher {
-            shared: fetcher::Shared::start(archive, client, reference, options)?,
+            shared: fetcher::Shared::start(archive, source, options)?,
         })
     }
 
@@ -295,41 +327,5 @@ impl Fetcher {
 impl Drop for Fetcher {
     fn drop(&mut self) {
         self.shared.shutdown();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fetcher_is_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<Fetcher>();
-    }
-
-    #[test]
-    fn default_cache_dir_is_absolute() {
-        let dir = default_cache_dir();
-        assert!(dir.is_absolute(), "{}", dir.display());
-        assert!(dir.ends_with("clip") || dir.to_string_lossy().contains("clip-cache-"));
-    }
-
-    #[test]
-    fn stats_serialize_with_their_field_names() {
-        let json = serde_json::to_value(FetchStats::default()).unwrap();
-        for field in [
-            "registry_requests",
-            "bytes_fetched",
-            "spans_fetched",
-            "cache_hits",
-            "cache_misses",
-            "verify_failures",
-            "fetch_errors",
-            "readahead_spans",
-            "timeouts",
-        ] {
-            assert_eq!(json[field], 0, "{field}");
-        }
     }
 }
