@@ -3,8 +3,10 @@
 //! # What this crate consumes and produces
 //!
 //! It **consumes** an opened `.clip` archive ([`clip_archive::Archive`]: the layer table and
-//! each layer's seek spans), a registry client ([`clip_registry::Client`] + the image
-//! [`clip_registry::Reference`]) and a cache directory. It **produces** verified bytes of a
+//! each layer's seek spans), a [`BlobSource`] of the layers' compressed bytes (in a mount, a
+//! [`RegistrySource`]: a [`clip_registry::Client`] + the image [`clip_registry::Reference`];
+//! in tests, the in-memory [`testing::MemorySource`]) and a cache directory. It **produces**
+//! verified bytes of a
 //! layer's *uncompressed tar stream*: [`Fetcher::read_at`]`(layer, offset, buf)`. It knows
 //! nothing of inodes, paths or FUSE: the filesystem core maps a file to `(layer, offset)` (the
 //! archive's data location) and asks for bytes.
@@ -37,8 +39,27 @@
 //! No lock is held across network or disk I/O: a slow fetch never blocks lookups or reads of
 //! cached spans, and [`Fetcher::read_cached`] serves cached bytes without waiting for anything.
 //! A panic in a background fetch fails that fetch's spans (`EIO` for their readers) and is
-//! logged; the worker goes on. Cache eviction runs on a thread of its own. Memory use is bounded: span buffers are transient, at most 256 cache files are
-//! kept open, and nothing else is cached in memory.
+//! logged; the worker goes on. Cache eviction runs on a thread of its own. Memory use is
+//! bounded: span buffers are transient, at most 256 cache files are kept open, and nothing
+//! else is cached in memory.
+//!
+//! # Modules
+//!
+//! Each has one job, and its docs say what it owns and what it must not touch:
+//!
+//! | module | its job |
+//! |---|---|
+//! | `source` | [`BlobSource`], the fetcher's whole view of the network, and [`RegistrySource`] |
+//! | `queue` | the scheduler: jobs by priority (demand, then readahead), the workers |
+//! | `read` | the read path: spans of a read, claim or wait, copy out, retries in the budget |
+//! | `readahead` | the readahead policy and readahead jobs |
+//! | `run` | fetch jobs: coalesced ranged reads, split, decode, publish, claims completed |
+//! | `decode` | span decoding as a pure function: digest, inflate/decode, length, content digest |
+//! | `stream` | spans too large for memory, streamed through the checks into the cache |
+//! | `fetcher` | the state the threads share, its creation and shutdown, the counters |
+//! | `sync` | a poison-proof lock, waits until a deadline, a generic single flight |
+//! | [`cache`] | the on-disk cache (entry codec, verification, writing, eviction) |
+//! | [`testing`] | the in-memory source and test images |
 //!
 //! # Time bounds
 //!
