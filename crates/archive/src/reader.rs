@@ -29,21 +29,48 @@ use crate::{FORMAT_VERSION, MAGIC};
 /// A `.clip` index viewed in place: opening checks the header, the checksum and the section
 /// table and parses the metadata; entries are decoded only when asked for.
 ///
-/// `Archive` borrows the bytes (typically an mmap) and is `Send + Sync`.
+/// `Archive` either borrows the bytes ([`Archive::open`]: `Archive<'a>` lives no longer than
+/// they do) or owns them ([`Archive::open_owned`]: an `Archive<'static>` over a memory map, a
+/// `Vec`, ..., freed with the archive). What it hands out ([`InodeRef`], [`DirEntries`],
+/// [`SpanTable`], names and values) borrows the archive. It is `Send + Sync`.
 pub struct Archive<'a> {
-    bytes: &'a [u8],
+    bytes: Bytes<'a>,
     meta: ImageMeta,
     layers: Vec<LayerInfo>,
-    attrs: &'a [RawAttr],
-    mtimes: &'a [RawMtime],
-    inodes: &'a [RawInode],
-    dirents: &'a [RawDirent],
-    strings: &'a [u8],
-    xattr_index: &'a [RawXattrIndex],
-    xattrs: &'a [RawXattr],
-    spans: &'a [RawSpan],
-    windows: &'a [u8],
+    /// Where each fixed-record or string section lies in `bytes` (checked at open).
+    sections: Sections,
     sizes: SectionSizes,
+}
+
+/// The bytes of an archive: borrowed, or owned by it.
+enum Bytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Box<dyn AsRef<[u8]> + Send + Sync>),
+}
+
+impl Bytes<'_> {
+    fn get(&self) -> &[u8] {
+        match self {
+            Bytes::Borrowed(b) => b,
+            Bytes::Owned(b) => (**b).as_ref(),
+        }
+    }
+}
+
+/// The sections an archive reads after open, as ranges of its bytes. Ranges rather than
+/// slices so that an archive can own its bytes without borrowing from itself; each section is
+/// sliced (and its records viewed, a length check) where it is used.
+#[derive(Clone, Debug, Default)]
+struct Sections {
+    attrs: Range<usize>,
+    mtimes: Range<usize>,
+    inodes: Range<usize>,
+    dirents: Range<usize>,
+    strings: Range<usize>,
+    xattr_index: Range<usize>,
+    xattrs: Range<usize>,
+    spans: Range<usize>,
+    windows: Range<usize>,
 }
 
 impl fmt::Debug for Archive<'_> {
@@ -51,9 +78,9 @@ impl fmt::Debug for Archive<'_> {
         f.debug_struct("Archive")
             .field("reference", &self.meta.reference)
             .field("layers", &self.layers.len())
-            .field("inodes", &self.inodes.len())
+            .field("inodes", &self.inodes().len())
             .field("entries", &self.entry_count())
-            .field("bytes", &self.bytes.len())
+            .field("bytes", &self.as_bytes().len())
             .finish()
     }
 }
@@ -344,188 +371,20 @@ impl<'a> Archive<'a> {
     /// table, parses the metadata and checks the (small) table of distinct mtimes. Entries are
     /// not decoded.
     pub fn open(bytes: &'a [u8]) -> Result<Self, ArchiveError> {
-        let len = bytes.len() as u64;
-        let head = bytes.get(..MAGIC.len()).unwrap_or(bytes);
-        if MAGIC.get(..head.len()) != Some(head) {
-            return Err(ArchiveError::NotAnArchive {
-                found: head.to_vec(),
-            });
+        let (meta, layers, sections, sizes) = parse(bytes)?;
+        Archive {
+            bytes: Bytes::Borrowed(bytes),
+            meta,
+            layers,
+            sections,
+            sizes,
         }
-        // The version sits at offset 8 in every version of the format.
-        if let Some(v) = bytes.get(8..12) {
-            let version = u32::from_le_bytes([
-                *v.first().unwrap_or(&0),
-                *v.get(1).unwrap_or(&0),
-                *v.get(2).unwrap_or(&0),
-                *v.get(3).unwrap_or(&0),
-            ]);
-            if version != FORMAT_VERSION {
-                return Err(ArchiveError::UnsupportedVersion {
-                    found: version,
-                    supported: FORMAT_VERSION,
-                });
-            }
-        }
-        let (header, _) =
-            RawHeader::ref_from_prefix(bytes).map_err(|_| ArchiveError::Truncated {
-                needed: HEADER_LEN as u64,
-                len,
-            })?;
-        let file_len = header.file_len.get();
-        if file_len > len {
-            return Err(ArchiveError::Truncated {
-                needed: file_len,
-                len,
-            });
-        }
-        if file_len < len {
-            return Err(corrupt(
-                "header",
-                format!("the file has {len} bytes but its header says {file_len}"),
-            ));
-        }
-        let stored = header.checksum.get();
-        let computed = xxh3_64(bytes.get(CHECKSUM_START..).unwrap_or(&[]));
-        if stored != computed {
-            return Err(ArchiveError::ChecksumMismatch {
-                expected: stored,
-                found: computed,
-            });
-        }
-        if header.flags.get() != 0 {
-            return Err(corrupt(
-                "header",
-                format!("unknown flags {:#x}", header.flags.get()),
-            ));
-        }
-        if header.reserved != [0; 28] {
-            return Err(corrupt("header", "reserved bytes are not zero"));
-        }
-        if header.section_count.get() as usize != SECTION_COUNT {
-            return Err(corrupt(
-                "header",
-                format!(
-                    "{} sections, version {FORMAT_VERSION} has {SECTION_COUNT}",
-                    header.section_count.get()
-                ),
-            ));
-        }
-        let table = bytes
-            .get(HEADER_LEN..SECTIONS_START)
-            .and_then(|t| <[RawSection]>::ref_from_bytes(t).ok())
-            .ok_or(ArchiveError::Truncated {
-                needed: SECTIONS_START as u64,
-                len,
-            })?;
+        .checked()
+    }
 
-        let mut sections: [&'a [u8]; SECTION_COUNT] = [&[]; SECTION_COUNT];
-        let mut expected = SECTIONS_START as u64;
-        for (i, (entry, slot)) in table.iter().zip(sections.iter_mut()).enumerate() {
-            let name = SECTION_NAMES.get(i).copied().unwrap_or("?");
-            let kind = entry.kind.get();
-            if u32::try_from(i).ok().and_then(|i| i.checked_add(1)) != Some(kind) {
-                return Err(corrupt(
-                    "header",
-                    format!("section table entry {i} has kind {kind}, expected the {name} section"),
-                ));
-            }
-            if entry.reserved.get() != 0 {
-                return Err(corrupt(
-                    "header",
-                    format!("{name} section: reserved field not zero"),
-                ));
-            }
-            let (off, slen) = (entry.offset.get(), entry.len.get());
-            let end = off.checked_add(slen);
-            if off != expected || end.is_none_or(|e| e > file_len) {
-                return Err(corrupt(
-                    "header",
-                    format!(
-                        "{name} section at {off}+{slen} is not where expected ({expected}, \
-                         within {file_len} bytes)"
-                    ),
-                ));
-            }
-            *slot = range(off, slen).and_then(|r| bytes.get(r)).ok_or_else(|| {
-                corrupt(
-                    "header",
-                    format!("{name} section at {off}+{slen} is out of bounds"),
-                )
-            })?;
-            expected = end.unwrap_or(file_len);
-        }
-        if expected != file_len {
-            return Err(corrupt(
-                "header",
-                format!("sections end at {expected}, but the file has {file_len} bytes"),
-            ));
-        }
-        let [meta, attrs, mtimes, inodes, dirents, strings, xattr_index, xattrs, spans, windows] =
-            sections;
-
-        let doc: MetaDoc = serde_json::from_slice(meta)
-            .map_err(|e| corrupt("meta", format!("invalid JSON: {e}")))?;
-        let spans: &[RawSpan] = records(spans, "spans")?;
-        if doc.layers.len() as u64 >= NO_DATA_LAYER {
-            return Err(corrupt("meta", format!("{} layers", doc.layers.len())));
-        }
-        let mut next_span: u64 = 0;
-        for (i, l) in doc.layers.iter().enumerate() {
-            if l.first_span != next_span {
-                return Err(corrupt(
-                    "meta",
-                    format!(
-                        "layer {i}: spans start at {}, expected {next_span}",
-                        l.first_span
-                    ),
-                ));
-            }
-            next_span = next_span
-                .checked_add(l.span_count)
-                .ok_or_else(|| corrupt("meta", format!("layer {i}: span count overflows")))?;
-        }
-        if next_span != spans.len() as u64 {
-            return Err(corrupt(
-                "meta",
-                format!(
-                    "the layers have {next_span} spans, the spans section {}",
-                    spans.len()
-                ),
-            ));
-        }
-
-        let mtime_records: &[RawMtime] = records(mtimes, "mtimes")?;
-        check_mtimes(mtime_records)?;
-
-        let archive = Archive {
-            bytes,
-            meta: doc.image,
-            layers: doc.layers,
-            attrs: records(attrs, "attrs")?,
-            mtimes: mtime_records,
-            inodes: records(inodes, "inodes")?,
-            dirents: records(dirents, "dirents")?,
-            strings,
-            xattr_index: records(xattr_index, "xattr index")?,
-            xattrs: records(xattrs, "xattrs")?,
-            spans,
-            windows,
-            sizes: SectionSizes {
-                total: len,
-                header: SECTIONS_START as u64,
-                meta: meta.len() as u64,
-                attrs: attrs.len() as u64,
-                mtimes: mtimes.len() as u64,
-                inodes: inodes.len() as u64,
-                dirents: dirents.len() as u64,
-                strings: strings.len() as u64,
-                xattr_index: xattr_index.len() as u64,
-                xattrs: xattrs.len() as u64,
-                spans: (spans.len() as u64).saturating_mul(SPAN_LEN as u64),
-                windows: windows.len() as u64,
-            },
-        };
-        let root = archive.inode(ROOT_INO).map_err(|e| match e {
+    /// Checks what [`Archive::open`] checks after parsing: the root, the span tables, the tree.
+    fn checked(self) -> Result<Self, ArchiveError> {
+        let root = self.inode(ROOT_INO).map_err(|e| match e {
             ArchiveError::NoSuchInode(_) => corrupt("inodes", "there is no root inode"),
             e => e,
         })?;
@@ -535,9 +394,76 @@ impl<'a> Archive<'a> {
         if root.raw.size.get() != ROOT_INO {
             return Err(corrupt("inodes", "the root's parent is not the root"));
         }
-        archive.check_spans()?;
-        archive.check_tree()?;
-        Ok(archive)
+        self.check_spans()?;
+        self.check_tree()?;
+        Ok(self)
+    }
+
+    /// [`Archive::open`] for bytes the archive keeps: a memory map, a `Vec<u8>`, an
+    /// `Arc<[u8]>`... They are freed when the archive is dropped; nothing is leaked. `bytes`
+    /// must give the same bytes every time it is asked (every type that holds immutable bytes
+    /// does).
+    pub fn open_owned(
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+    ) -> Result<Archive<'static>, ArchiveError> {
+        let (meta, layers, sections, sizes) = parse(bytes.as_ref())?;
+        Archive {
+            bytes: Bytes::Owned(Box::new(bytes)),
+            meta,
+            layers,
+            sections,
+            sizes,
+        }
+        .checked()
+    }
+
+    /// A section's bytes (empty if the range is not in the bytes: it was checked at open).
+    fn section(&self, range: &Range<usize>) -> &[u8] {
+        self.bytes.get().get(range.clone()).unwrap_or_default()
+    }
+
+    /// A record section as a table (viewed once at open: the view cannot fail here).
+    fn table<T>(&self, range: &Range<usize>) -> &[T]
+    where
+        T: FromBytes + KnownLayout + Immutable + zerocopy::Unaligned,
+    {
+        <[T]>::ref_from_bytes(self.section(range)).unwrap_or_default()
+    }
+
+    fn attrs(&self) -> &[RawAttr] {
+        self.table(&self.sections.attrs)
+    }
+
+    fn mtimes(&self) -> &[RawMtime] {
+        self.table(&self.sections.mtimes)
+    }
+
+    fn inodes(&self) -> &[RawInode] {
+        self.table(&self.sections.inodes)
+    }
+
+    fn dirents(&self) -> &[RawDirent] {
+        self.table(&self.sections.dirents)
+    }
+
+    fn strings(&self) -> &[u8] {
+        self.section(&self.sections.strings)
+    }
+
+    fn xattr_index(&self) -> &[RawXattrIndex] {
+        self.table(&self.sections.xattr_index)
+    }
+
+    fn xattr_records(&self) -> &[RawXattr] {
+        self.table(&self.sections.xattrs)
+    }
+
+    fn span_records(&self) -> &[RawSpan] {
+        self.table(&self.sections.spans)
+    }
+
+    fn windows(&self) -> &[u8] {
+        self.section(&self.sections.windows)
     }
 
     /// Every layer's span table, checked once at open (one pass over SPANS): a layer with
@@ -581,7 +507,7 @@ impl<'a> Archive<'a> {
     /// is a tree, and lookups and listings can trust the table's shape.
     fn check_tree(&self) -> Result<(), ArchiveError> {
         let count = self.inode_count();
-        let mut named = vec![0u64; self.inodes.len().div_ceil(64)];
+        let mut named = vec![0u64; self.inodes().len().div_ceil(64)];
         let mut next_entry: u64 = 0;
         for ino in 1..=count {
             let node = self.inode(ino)?;
@@ -608,7 +534,7 @@ impl<'a> Archive<'a> {
             next_entry = next_entry.saturating_add(run.len() as u64);
             let mut prev: Option<&[u8]> = None;
             for d in run {
-                let name = dirent_name(self.strings, d)?;
+                let name = dirent_name(self.strings(), d)?;
                 if name.is_empty()
                     || name == b"."
                     || name == b".."
@@ -646,22 +572,22 @@ impl<'a> Archive<'a> {
                 }
             }
         }
-        if next_entry != self.dirents.len() as u64 {
+        if next_entry != self.dirents().len() as u64 {
             return Err(corrupt(
                 "dirents",
                 format!(
                     "the directories hold {next_entry} entries, the table {}",
-                    self.dirents.len()
+                    self.dirents().len()
                 ),
             ));
         }
         Ok(())
     }
 
-    fn inodes_raw(&self, ino: Ino) -> Option<&'a RawInode> {
+    fn inodes_raw(&self, ino: Ino) -> Option<&RawInode> {
         ino.checked_sub(1)
             .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| self.inodes.get(i))
+            .and_then(|i| self.inodes().get(i))
     }
 
     /// The type of an inode from its raw record, `None` when the record or its attributes are
@@ -670,13 +596,13 @@ impl<'a> Archive<'a> {
         let raw = self.inodes_raw(ino)?;
         let attr = usize::try_from(raw.attr.get() & ATTR_INDEX_MASK)
             .ok()
-            .and_then(|i| self.attrs.get(i))?;
+            .and_then(|i| self.attrs().get(i))?;
         file_type_of(attr.mode.get())
     }
 
     /// The bytes this archive was opened on.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        self.bytes
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get()
     }
 
     /// Image metadata.
@@ -690,10 +616,10 @@ impl<'a> Archive<'a> {
     }
 
     /// The seek spans of a layer.
-    pub fn spans(&self, layer: u32) -> Result<SpanTable<'a>, ArchiveError> {
+    pub fn spans(&self, layer: u32) -> Result<SpanTable<'_>, ArchiveError> {
         let info = self.layer_info(layer)?;
         let records = range(info.first_span, info.span_count)
-            .and_then(|r| self.spans.get(r))
+            .and_then(|r| self.span_records().get(r))
             .ok_or_else(|| corrupt("meta", format!("layer {layer}: span range out of bounds")))?;
         Ok(SpanTable {
             layer,
@@ -726,7 +652,7 @@ impl<'a> Archive<'a> {
         }
         let off = rec.window_offset.get();
         let src = range(off, u64::from(packed_len))
-            .and_then(|r| self.windows.get(r))
+            .and_then(|r| self.windows().get(r))
             .ok_or_else(|| bad(format!("window bytes {off}+{packed_len} out of bounds")))?;
         let out = zstd::bulk::decompress(src, raw_len)
             .map_err(|e| bad(format!("window does not decompress: {e}")))?;
@@ -752,7 +678,7 @@ impl<'a> Archive<'a> {
         }
         let off = rec.window_offset.get();
         let packed = range(off, u64::from(rec.window_len.get()))
-            .and_then(|r| self.windows.get(r))
+            .and_then(|r| self.windows().get(r))
             .unwrap_or_default();
         Ok(Window::from_packed(
             packed.to_vec(),
@@ -762,12 +688,12 @@ impl<'a> Archive<'a> {
 
     /// Number of inodes (`1..=inode_count` are valid inode numbers).
     pub fn inode_count(&self) -> u64 {
-        self.inodes.len() as u64
+        self.inodes().len() as u64
     }
 
     /// Number of names: directory entries + 1 for the root. Hardlinks count once per name.
     pub fn entry_count(&self) -> u64 {
-        (self.dirents.len() as u64).saturating_add(1)
+        (self.dirents().len() as u64).saturating_add(1)
     }
 
     /// Bytes per section.
@@ -776,22 +702,22 @@ impl<'a> Archive<'a> {
     }
 
     /// Reads an inode.
-    pub fn inode(&self, ino: Ino) -> Result<InodeRef<'a>, ArchiveError> {
+    pub fn inode(&self, ino: Ino) -> Result<InodeRef<'_>, ArchiveError> {
         let raw = ino
             .checked_sub(1)
             .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| self.inodes.get(i))
+            .and_then(|i| self.inodes().get(i))
             .ok_or(ArchiveError::NoSuchInode(ino))?;
         let attr_idx = raw.attr.get() & ATTR_INDEX_MASK;
         let attr = usize::try_from(attr_idx)
             .ok()
-            .and_then(|i| self.attrs.get(i))
+            .and_then(|i| self.attrs().get(i))
             .ok_or_else(|| {
                 corrupt(
                     "inodes",
                     format!(
                         "inode {ino} refers to attribute record {attr_idx} of {}",
-                        self.attrs.len()
+                        self.attrs().len()
                     ),
                 )
             })?;
@@ -812,13 +738,13 @@ impl<'a> Archive<'a> {
         let mtime_idx = raw.mtime.get();
         let mtime = usize::try_from(mtime_idx)
             .ok()
-            .and_then(|i| self.mtimes.get(i))
+            .and_then(|i| self.mtimes().get(i))
             .ok_or_else(|| {
                 corrupt(
                     "inodes",
                     format!(
                         "inode {ino} refers to mtime record {mtime_idx} of {}",
-                        self.mtimes.len()
+                        self.mtimes().len()
                     ),
                 )
             })?;
@@ -870,7 +796,7 @@ impl<'a> Archive<'a> {
             let d = run
                 .get(mid)
                 .ok_or_else(|| corrupt("dirents", "binary search out of range"))?;
-            match dirent_name(self.strings, d)?.cmp(name) {
+            match dirent_name(self.strings(), d)?.cmp(name) {
                 std::cmp::Ordering::Less => lo = mid.saturating_add(1),
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return dirent_ino(self.inode_count(), d).map(Some),
@@ -880,12 +806,12 @@ impl<'a> Archive<'a> {
     }
 
     /// The entries of a directory, sorted by name bytes (without `.` and `..`).
-    pub fn read_dir(&self, dir: Ino) -> Result<DirEntries<'a>, ArchiveError> {
+    pub fn read_dir(&self, dir: Ino) -> Result<DirEntries<'_>, ArchiveError> {
         let run = self.dir_run(dir)?;
         Ok(DirEntries {
             dir,
             run: run.iter(),
-            strings: self.strings,
+            strings: self.strings(),
             inode_count: self.inode_count(),
             prev: None,
         })
@@ -908,14 +834,14 @@ impl<'a> Archive<'a> {
     }
 
     /// The target of a symlink.
-    pub fn symlink_target(&self, ino: Ino) -> Result<&'a [u8], ArchiveError> {
+    pub fn symlink_target(&self, ino: Ino) -> Result<&[u8], ArchiveError> {
         let node = self.inode(ino)?;
         if node.file_type != FileType::Symlink {
             return Err(ArchiveError::NotASymlink(ino));
         }
         let (off, len) = (node.raw.payload.get(), node.raw.size.get());
         range(off, len)
-            .and_then(|r| self.strings.get(r))
+            .and_then(|r| self.strings().get(r))
             .ok_or_else(|| {
                 corrupt(
                     "inodes",
@@ -926,7 +852,7 @@ impl<'a> Archive<'a> {
 
     /// The extended attributes of an inode as (name, value), sorted by name.
     #[allow(clippy::type_complexity)] // the plain type says it best
-    pub fn xattrs(&self, ino: Ino) -> Result<Vec<(&'a [u8], &'a [u8])>, ArchiveError> {
+    pub fn xattrs(&self, ino: Ino) -> Result<Vec<(&[u8], &[u8])>, ArchiveError> {
         let pairs = self.xattr_run(ino)?;
         let mut out = Vec::with_capacity(pairs.len());
         for x in pairs {
@@ -936,7 +862,7 @@ impl<'a> Archive<'a> {
     }
 
     /// The value of one extended attribute, `Ok(None)` when the inode has no such attribute.
-    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<&'a [u8]>, ArchiveError> {
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<&[u8]>, ArchiveError> {
         for x in self.xattr_run(ino)? {
             let (n, v) = self.xattr_pair(ino, x)?;
             if n == name {
@@ -973,12 +899,12 @@ impl<'a> Archive<'a> {
     /// Depth-first walk of the whole tree, in name order, yielding `(path, ino)`; the root
     /// comes first as `"/"`. Hardlinked inodes appear once per name. Terminates on any input:
     /// each directory is entered at most once, and only from its recorded parent.
-    pub fn walk(&self) -> Walk<'_, 'a> {
+    pub fn walk(&self) -> Walk<'_> {
         Walk {
             archive: self,
             stack: Vec::new(),
             path: Vec::new(),
-            entered: vec![0; self.inodes.len().div_ceil(64)],
+            entered: vec![0; self.inodes().len().div_ceil(64)],
             started: false,
             pending: None,
         }
@@ -1053,7 +979,7 @@ impl<'a> Archive<'a> {
     }
 
     /// The dirent run of a directory, range-checked.
-    fn dir_run(&self, dir: Ino) -> Result<&'a [RawDirent], ArchiveError> {
+    fn dir_run(&self, dir: Ino) -> Result<&[RawDirent], ArchiveError> {
         let node = self.inode(dir)?;
         if node.file_type != FileType::Directory {
             return Err(ArchiveError::NotADirectory(dir));
@@ -1061,29 +987,29 @@ impl<'a> Archive<'a> {
         let payload = node.raw.payload.get();
         let (first, count) = (u64::from(low32(payload)), u64::from(high32(payload)));
         range(first, count)
-            .and_then(|r| self.dirents.get(r))
+            .and_then(|r| self.dirents().get(r))
             .ok_or_else(|| {
                 corrupt(
                     "inodes",
                     format!(
                         "directory {dir}: entries {first}+{count} out of {}",
-                        self.dirents.len()
+                        self.dirents().len()
                     ),
                 )
             })
     }
 
     /// The xattr records of an inode (empty if it has none).
-    fn xattr_run(&self, ino: Ino) -> Result<&'a [RawXattr], ArchiveError> {
+    fn xattr_run(&self, ino: Ino) -> Result<&[RawXattr], ArchiveError> {
         let node = self.inode(ino)?;
         if !node.has_xattrs() {
             return Ok(&[]);
         }
         let idx = self
-            .xattr_index
+            .xattr_index()
             .binary_search_by_key(&ino, |r| u64::from(r.ino.get()))
             .ok()
-            .and_then(|i| self.xattr_index.get(i))
+            .and_then(|i| self.xattr_index().get(i))
             .ok_or_else(|| {
                 corrupt(
                     "xattr index",
@@ -1092,7 +1018,7 @@ impl<'a> Archive<'a> {
             })?;
         let (first, count) = (u64::from(idx.first.get()), u64::from(idx.count.get()));
         range(first, count)
-            .and_then(|r| self.xattrs.get(r))
+            .and_then(|r| self.xattr_records().get(r))
             .ok_or_else(|| {
                 corrupt(
                     "xattr index",
@@ -1101,9 +1027,9 @@ impl<'a> Archive<'a> {
             })
     }
 
-    fn xattr_pair(&self, ino: Ino, x: &RawXattr) -> Result<(&'a [u8], &'a [u8]), ArchiveError> {
+    fn xattr_pair(&self, ino: Ino, x: &RawXattr) -> Result<(&[u8], &[u8]), ArchiveError> {
         let get = |off: u32, len: u32| {
-            range(u64::from(off), u64::from(len)).and_then(|r| self.strings.get(r))
+            range(u64::from(off), u64::from(len)).and_then(|r| self.strings().get(r))
         };
         let name = get(x.name_off.get(), x.name_len.get());
         let value = get(x.value_off.get(), x.value_len.get());
@@ -1118,10 +1044,10 @@ impl<'a> Archive<'a> {
 }
 
 /// The depth-first iterator of [`Archive::walk`].
-pub struct Walk<'s, 'a> {
-    archive: &'s Archive<'a>,
+pub struct Walk<'s> {
+    archive: &'s Archive<'s>,
     /// Open directories: entries still to visit, the directory, the length of its path.
-    stack: Vec<(DirEntries<'a>, Ino, usize)>,
+    stack: Vec<(DirEntries<'s>, Ino, usize)>,
     path: Vec<u8>,
     /// Bit per inode: directory already entered.
     entered: Vec<u64>,
@@ -1129,7 +1055,7 @@ pub struct Walk<'s, 'a> {
     pending: Option<ArchiveError>,
 }
 
-impl fmt::Debug for Walk<'_, '_> {
+impl fmt::Debug for Walk<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Walk")
             .field("path", &self.path.escape_ascii().to_string())
@@ -1137,14 +1063,14 @@ impl fmt::Debug for Walk<'_, '_> {
     }
 }
 
-impl Walk<'_, '_> {
+impl Walk<'_> {
     /// Marks a directory as entered; false if it already was (or the ino is out of range).
     fn enter(&mut self, ino: Ino) -> bool {
         set_bit(&mut self.entered, ino)
     }
 }
 
-impl Iterator for Walk<'_, '_> {
+impl Iterator for Walk<'_> {
     type Item = Result<(Vec<u8>, Ino), ArchiveError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -1197,6 +1123,211 @@ impl Iterator for Walk<'_, '_> {
             return Some(Ok((self.path.clone(), ino)));
         }
     }
+}
+
+/// What [`Archive::open`] reads up front: the metadata, the layer table, where the sections
+/// are, their sizes. Checks the magic, the version, the length, the checksum, the section
+/// table, the record sections' lengths, the layers' span ranges and the mtimes.
+fn parse(
+    bytes: &[u8],
+) -> Result<(ImageMeta, Vec<LayerInfo>, Sections, SectionSizes), ArchiveError> {
+    let len = bytes.len() as u64;
+
+    let head = bytes.get(..MAGIC.len()).unwrap_or(bytes);
+    if MAGIC.get(..head.len()) != Some(head) {
+        return Err(ArchiveError::NotAnArchive {
+            found: head.to_vec(),
+        });
+    }
+    // The version sits at offset 8 in every version of the format.
+    if let Some(v) = bytes.get(8..12) {
+        let version = u32::from_le_bytes([
+            *v.first().unwrap_or(&0),
+            *v.get(1).unwrap_or(&0),
+            *v.get(2).unwrap_or(&0),
+            *v.get(3).unwrap_or(&0),
+        ]);
+        if version != FORMAT_VERSION {
+            return Err(ArchiveError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+    }
+    let (header, _) = RawHeader::ref_from_prefix(bytes).map_err(|_| ArchiveError::Truncated {
+        needed: HEADER_LEN as u64,
+        len,
+    })?;
+    let file_len = header.file_len.get();
+    if file_len > len {
+        return Err(ArchiveError::Truncated {
+            needed: file_len,
+            len,
+        });
+    }
+    if file_len < len {
+        return Err(corrupt(
+            "header",
+            format!("the file has {len} bytes but its header says {file_len}"),
+        ));
+    }
+    let stored = header.checksum.get();
+    let computed = xxh3_64(bytes.get(CHECKSUM_START..).unwrap_or(&[]));
+    if stored != computed {
+        return Err(ArchiveError::ChecksumMismatch {
+            expected: stored,
+            found: computed,
+        });
+    }
+    if header.flags.get() != 0 {
+        return Err(corrupt(
+            "header",
+            format!("unknown flags {:#x}", header.flags.get()),
+        ));
+    }
+    if header.reserved != [0; 28] {
+        return Err(corrupt("header", "reserved bytes are not zero"));
+    }
+    if header.section_count.get() as usize != SECTION_COUNT {
+        return Err(corrupt(
+            "header",
+            format!(
+                "{} sections, version {FORMAT_VERSION} has {SECTION_COUNT}",
+                header.section_count.get()
+            ),
+        ));
+    }
+    let table = bytes
+        .get(HEADER_LEN..SECTIONS_START)
+        .and_then(|t| <[RawSection]>::ref_from_bytes(t).ok())
+        .ok_or(ArchiveError::Truncated {
+            needed: SECTIONS_START as u64,
+            len,
+        })?;
+
+    let mut sections: [&[u8]; SECTION_COUNT] = [&[]; SECTION_COUNT];
+    let mut ranges: [Range<usize>; SECTION_COUNT] = Default::default();
+    let mut expected = SECTIONS_START as u64;
+    for (i, (entry, slot)) in table.iter().zip(sections.iter_mut()).enumerate() {
+        let name = SECTION_NAMES.get(i).copied().unwrap_or("?");
+        let kind = entry.kind.get();
+        if u32::try_from(i).ok().and_then(|i| i.checked_add(1)) != Some(kind) {
+            return Err(corrupt(
+                "header",
+                format!("section table entry {i} has kind {kind}, expected the {name} section"),
+            ));
+        }
+        if entry.reserved.get() != 0 {
+            return Err(corrupt(
+                "header",
+                format!("{name} section: reserved field not zero"),
+            ));
+        }
+        let (off, slen) = (entry.offset.get(), entry.len.get());
+        let end = off.checked_add(slen);
+        if off != expected || end.is_none_or(|e| e > file_len) {
+            return Err(corrupt(
+                "header",
+                format!(
+                    "{name} section at {off}+{slen} is not where expected ({expected}, \
+                         within {file_len} bytes)"
+                ),
+            ));
+        }
+        let r = range(off, slen).ok_or_else(|| {
+            corrupt(
+                "header",
+                format!("{name} section at {off}+{slen} is out of bounds"),
+            )
+        })?;
+        *slot = bytes.get(r.clone()).ok_or_else(|| {
+            corrupt(
+                "header",
+                format!("{name} section at {off}+{slen} is out of bounds"),
+            )
+        })?;
+        if let Some(range_slot) = ranges.get_mut(i) {
+            *range_slot = r;
+        }
+        expected = end.unwrap_or(file_len);
+    }
+    if expected != file_len {
+        return Err(corrupt(
+            "header",
+            format!("sections end at {expected}, but the file has {file_len} bytes"),
+        ));
+    }
+    let [meta, attrs, mtimes, inodes, dirents, strings, xattr_index, xattrs, spans, windows] =
+        sections;
+
+    let doc: MetaDoc =
+        serde_json::from_slice(meta).map_err(|e| corrupt("meta", format!("invalid JSON: {e}")))?;
+    let spans: &[RawSpan] = records(spans, "spans")?;
+    if doc.layers.len() as u64 >= NO_DATA_LAYER {
+        return Err(corrupt("meta", format!("{} layers", doc.layers.len())));
+    }
+    let mut next_span: u64 = 0;
+    for (i, l) in doc.layers.iter().enumerate() {
+        if l.first_span != next_span {
+            return Err(corrupt(
+                "meta",
+                format!(
+                    "layer {i}: spans start at {}, expected {next_span}",
+                    l.first_span
+                ),
+            ));
+        }
+        next_span = next_span
+            .checked_add(l.span_count)
+            .ok_or_else(|| corrupt("meta", format!("layer {i}: span count overflows")))?;
+    }
+    if next_span != spans.len() as u64 {
+        return Err(corrupt(
+            "meta",
+            format!(
+                "the layers have {next_span} spans, the spans section {}",
+                spans.len()
+            ),
+        ));
+    }
+
+    let mtime_records: &[RawMtime] = records(mtimes, "mtimes")?;
+    check_mtimes(mtime_records)?;
+
+    // Each record section is viewed once here, so that later views cannot fail.
+    records::<RawAttr>(attrs, "attrs")?;
+    records::<RawInode>(inodes, "inodes")?;
+    records::<RawDirent>(dirents, "dirents")?;
+    records::<RawXattrIndex>(xattr_index, "xattr index")?;
+    records::<RawXattr>(xattrs, "xattrs")?;
+    let [_, r_attrs, r_mtimes, r_inodes, r_dirents, r_strings, r_xattr_index, r_xattrs, r_spans, r_windows] =
+        ranges;
+    let sections = Sections {
+        attrs: r_attrs,
+        mtimes: r_mtimes,
+        inodes: r_inodes,
+        dirents: r_dirents,
+        strings: r_strings,
+        xattr_index: r_xattr_index,
+        xattrs: r_xattrs,
+        spans: r_spans,
+        windows: r_windows,
+    };
+    let sizes = SectionSizes {
+        total: len,
+        header: SECTIONS_START as u64,
+        meta: meta.len() as u64,
+        attrs: attrs.len() as u64,
+        mtimes: mtimes.len() as u64,
+        inodes: inodes.len() as u64,
+        dirents: dirents.len() as u64,
+        strings: strings.len() as u64,
+        xattr_index: xattr_index.len() as u64,
+        xattrs: xattrs.len() as u64,
+        spans: (spans.len() as u64).saturating_mul(SPAN_LEN as u64),
+        windows: windows.len() as u64,
+    };
+    Ok((doc.image, doc.layers, sections, sizes))
 }
 
 /// `off..off + len` as a usize range, if it does not overflow.

@@ -502,3 +502,55 @@ fn decompose_gives_back_the_writers_input() {
     assert_eq!(l, layers());
     assert_eq!(write_archive(&m, &l, &t).unwrap(), bytes);
 }
+
+/// Bytes that say when they are dropped.
+struct Tracked(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_owned_archive_reads_as_a_borrowed_one_and_frees_its_bytes() {
+    let (tree, _) = full_tree();
+    let bytes = write_archive(&meta(), &layers(), &tree).unwrap();
+    let borrowed = Archive::open(&bytes).unwrap();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let owned = Archive::open_owned(Tracked(bytes.clone(), dropped.clone())).unwrap();
+    assert_eq!(owned.as_bytes(), &bytes[..]);
+    assert_eq!(owned.section_sizes(), borrowed.section_sizes());
+    let walk = |a: &Archive<'_>| -> Vec<(Vec<u8>, Inode)> {
+        a.walk()
+            .map(|e| {
+                let (path, ino) = e.unwrap();
+                (path, a.inode_owned(ino).unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(walk(&owned), walk(&borrowed));
+    for layer in 0..borrowed.layers().len() as u32 {
+        assert_eq!(
+            owned.layer_owned(layer).unwrap(),
+            borrowed.layer_owned(layer).unwrap()
+        );
+    }
+    // Checked at open like a borrowed one.
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    assert!(Archive::open_owned(damaged).is_err());
+    assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+    drop(owned);
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "freed with the archive"
+    );
+}

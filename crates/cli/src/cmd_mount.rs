@@ -350,15 +350,18 @@ pub fn spawn_daemon(
 fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> {
     let path = &located.path;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // Mapped, not read: only the parts of the index in use stay resident. The mapping lives
-    // as long as the mount process.
-    let mapping: &'static clip_sys::Mapping = Box::leak(Box::new(
-        clip_sys::Mapping::new(&file).with_context(|| format!("mapping {}", path.display()))?,
-    ));
-    let archive =
-        Arc::new(Archive::open(mapping).with_context(|| format!("reading {}", path.display()))?);
+    // Mapped, not read: only the parts of the index in use stay resident. The archive owns
+    // the mapping (a clone shares it): it is unmapped when the filesystem and the fetcher are
+    // gone.
+    let mapping =
+        clip_sys::Mapping::new(&file).with_context(|| format!("mapping {}", path.display()))?;
+    let archive = Arc::new(
+        Archive::open_owned(mapping.clone())
+            .with_context(|| format!("reading {}", path.display()))?,
+    );
     // Opening checked the whole file; let those pages go until something needs them.
     mapping.release_pages();
+    drop(mapping);
     if !args.dir.exists() {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;

@@ -79,8 +79,7 @@ fn main() {
         jobs: 1,
     };
     let indexed = index_image(&client, &reference, &options, &Silent).unwrap();
-    let bytes: &'static [u8] = Box::leak(indexed.archive.into_boxed_slice());
-    let archive = Arc::new(Archive::open(bytes).unwrap());
+    let archive = Arc::new(Archive::open_owned(indexed.archive).unwrap());
     let spans = archive.spans(0).unwrap();
     println!(
         "layer: {} MB tar, {} MB gzip, {} spans",

@@ -3,8 +3,10 @@
 //! # What this crate consumes and produces
 //!
 //! It **consumes** an opened `.clip` archive ([`clip_archive::Archive`]: the layer table and
-//! each layer's seek spans), a registry client ([`clip_registry::Client`] + the image
-//! [`clip_registry::Reference`]) and a cache directory. It **produces** verified bytes of a
+//! each layer's seek spans), a [`BlobSource`] of the layers' compressed bytes (in a mount, a
+//! [`RegistrySource`]: a [`clip_registry::Client`] + the image [`clip_registry::Reference`];
+//! in tests, the in-memory [`testing::MemorySource`]) and a cache directory. It **produces**
+//! verified bytes of a
 //! layer's *uncompressed tar stream*: [`Fetcher::read_at`]`(layer, offset, buf)`. It knows
 //! nothing of inodes, paths or FUSE: the filesystem core maps a file to `(layer, offset)` (the
 //! archive's data location) and asks for bytes.
@@ -37,8 +39,27 @@
 //! No lock is held across network or disk I/O: a slow fetch never blocks lookups or reads of
 //! cached spans, and [`Fetcher::read_cached`] serves cached bytes without waiting for anything.
 //! A panic in a background fetch fails that fetch's spans (`EIO` for their readers) and is
-//! logged; the worker goes on. Cache eviction runs on a thread of its own. Memory use is bounded: span buffers are transient, at most 256 cache files are
-//! kept open, and nothing else is cached in memory.
+//! logged; the worker goes on. Cache eviction runs on a thread of its own. Memory use is
+//! bounded: span buffers are transient, at most 256 cache files are kept open, and nothing
+//! else is cached in memory.
+//!
+//! # Modules
+//!
+//! Each has one job, and its docs say what it owns and what it must not touch:
+//!
+//! | module | its job |
+//! |---|---|
+//! | `source` | [`BlobSource`], the fetcher's whole view of the network, and [`RegistrySource`] |
+//! | `queue` | the scheduler: jobs by priority (demand, then readahead), the workers |
+//! | `read` | the read path: spans of a read, claim or wait, copy out, retries in the budget |
+//! | `readahead` | the readahead policy and readahead jobs |
+//! | `run` | fetch jobs: coalesced ranged reads, split, decode, publish, claims completed |
+//! | `decode` | span decoding as a pure function: digest, inflate/decode, length, content digest |
+//! | `stream` | spans too large for memory, streamed through the checks into the cache |
+//! | `fetcher` | the state the threads share, its creation and shutdown, the counters |
+//! | `sync` | a poison-proof lock, waits until a deadline, a generic single flight |
+//! | [`cache`] | the on-disk cache (entry codec, verification, writing, eviction) |
+//! | [`testing`] | the in-memory source and test images |
 //!
 //! # Time bounds
 //!
@@ -56,8 +77,7 @@
 //! use clip_fetch::{Fetcher, FetchOptions};
 //! use clip_registry::{Client, ClientOptions, Reference};
 //!
-//! let bytes: &'static [u8] = Box::leak(std::fs::read("alpine.clip")?.into_boxed_slice());
-//! let archive = Arc::new(Archive::open(bytes)?);
+//! let archive = Arc::new(Archive::open_owned(std::fs::read("alpine.clip")?)?);
 //! let reference: Reference = archive.meta().reference.parse()?;
 //! let client = Client::new(ClientOptions::default())?;
 //! let fetcher = Fetcher::new(archive.clone(), client, reference, FetchOptions::default())?;
@@ -76,20 +96,38 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+mod decode;
 mod error;
 mod fetcher;
-mod flight;
+mod queue;
+mod read;
+mod readahead;
+mod run;
+mod source;
+mod stream;
+mod sync;
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clip_archive::Archive;
+use clip_archive::{Archive, SpanInfo};
 use clip_registry::{Client, Reference};
 
 pub use cache::PrivateDirError;
 pub use error::FetchError;
+pub use source::{BlobSource, RegistrySource};
+
+/// One span of a layer: its index in the layer's span table, and what the table says of it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpanRef {
+    pub(crate) index: usize,
+    pub(crate) info: SpanInfo,
+}
 
 /// Where the span cache lives and how large it may grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,17 +251,31 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher for `archive`'s layers, read from `reference`'s repository with `client`.
-    /// Creates the cache directory and starts the background threads; does not touch the
-    /// network (see [`Fetcher::check_registry`]).
+    /// A fetcher for `archive`'s layers, read from `reference`'s repository with `client`
+    /// (a [`RegistrySource`]). Creates the cache directory and starts the background threads;
+    /// does not touch the network (see [`Fetcher::check_registry`]).
     pub fn new(
         archive: Arc<Archive<'static>>,
         client: Client,
         reference: Reference,
         options: FetchOptions,
     ) -> Result<Fetcher, FetchError> {
+        Fetcher::with_source(
+            archive,
+            Arc::new(RegistrySource::new(client, reference)),
+            options,
+        )
+    }
+
+    /// A fetcher for `archive`'s layers, read from any [`BlobSource`] (an in-memory one in
+    /// tests: [`testing::MemorySource`]).
+    pub fn with_source(
+        archive: Arc<Archive<'static>>,
+        source: Arc<dyn BlobSource>,
+        options: FetchOptions,
+    ) -> Result<Fetcher, FetchError> {
         Ok(Fetcher {
-            shared: fetcher::Shared::start(archive, client, reference, options)?,
+            shared: fetcher::Shared::start(archive, source, options)?,
         })
     }
 
@@ -296,41 +348,5 @@ impl Fetcher {
 impl Drop for Fetcher {
     fn drop(&mut self) {
         self.shared.shutdown();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fetcher_is_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<Fetcher>();
-    }
-
-    #[test]
-    fn default_cache_dir_is_absolute() {
-        let dir = default_cache_dir();
-        assert!(dir.is_absolute(), "{}", dir.display());
-        assert!(dir.ends_with("clip") || dir.to_string_lossy().contains("clip-cache-"));
-    }
-
-    #[test]
-    fn stats_serialize_with_their_field_names() {
-        let json = serde_json::to_value(FetchStats::default()).unwrap();
-        for field in [
-            "registry_requests",
-            "bytes_fetched",
-            "spans_fetched",
-            "cache_hits",
-            "cache_misses",
-            "verify_failures",
-            "fetch_errors",
-            "readahead_spans",
-            "timeouts",
-        ] {
-            assert_eq!(json[field], 0, "{field}");
-        }
     }
 }

@@ -70,8 +70,7 @@ fn setup(layers: Vec<Layer>, tag: &str) -> Setup {
         jobs: 2,
     };
     let indexed = index_image(&client(), &reference, &options, &Silent).unwrap();
-    let bytes: &'static [u8] = Box::leak(indexed.archive.into_boxed_slice());
-    let archive = Arc::new(Archive::open(bytes).unwrap());
+    let archive = Arc::new(Archive::open_owned(indexed.archive).unwrap());
     Setup {
         registry,
         archive,

@@ -28,8 +28,7 @@ fn archive(layer: Layer) -> Arc<Archive<'static>> {
         config: "{}".into(),
     };
     let bytes = write_archive(&meta, &[layer], &tree).unwrap();
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    Arc::new(Archive::open(bytes).unwrap())
+    Arc::new(Archive::open_owned(bytes).unwrap())
 }
 
 fn layer(digest: &str, compression: Compression, size: u64, spans: Vec<Span>) -> Layer {

@@ -50,9 +50,9 @@ pub struct Attr {
 
 /// One entry of a directory listing, `.` and `..` included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DirEntry {
+pub struct DirEntry<'a> {
     /// The name (`.`, `..`, or an entry name).
-    pub name: &'static [u8],
+    pub name: &'a [u8],
     /// The offset to resume the listing *after* this entry (FUSE's `off`): the entry's
     /// position + 1, where `.` is position 0, `..` position 1 and the `i`-th entry in name
     /// order position `i + 2`. Stable across calls: the image never changes.
@@ -63,11 +63,11 @@ pub struct DirEntry {
 
 /// The answer to `getxattr`/`listxattr`, following the size-probe protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum XattrReply {
+pub enum XattrReply<'a> {
     /// The caller asked with size 0: the number of bytes needed.
     Size(u32),
     /// The value, or the list of NUL-terminated names.
-    Data(Cow<'static, [u8]>),
+    Data(Cow<'a, [u8]>),
 }
 
 /// Filesystem statistics for `statfs`: a full, read-only filesystem.
@@ -153,7 +153,7 @@ impl FsCore {
     }
 
     /// The target of symlink `ino`.
-    pub fn readlink(&self, ino: Ino) -> Result<&'static [u8], FsError> {
+    pub fn readlink(&self, ino: Ino) -> Result<&[u8], FsError> {
         let node = self.node(ino)?;
         if node.file_type() != FileType::Symlink {
             return Err(FsError::NotASymlink(ino));
@@ -262,7 +262,7 @@ impl FsCore {
 
     /// The value of extended attribute `name` of `ino`, or its length when `size` is 0.
     /// `ENODATA` when there is none, `ERANGE` when it does not fit in `size` bytes.
-    pub fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
+    pub fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> Result<XattrReply<'_>, FsError> {
         let node = self.node(ino)?;
         let value = if node.has_xattrs() && !is_hidden_xattr(name) {
             self.archive
@@ -280,7 +280,7 @@ impl FsCore {
 
     /// The names of the extended attributes of `ino`, each followed by a NUL, or the length of
     /// that list when `size` is 0. `ERANGE` when it does not fit in `size` bytes.
-    pub fn listxattr(&self, ino: Ino, size: u32) -> Result<XattrReply, FsError> {
+    pub fn listxattr(&self, ino: Ino, size: u32) -> Result<XattrReply<'_>, FsError> {
         let node = self.node(ino)?;
         let mut list = Vec::new();
         if node.has_xattrs() {
@@ -317,7 +317,7 @@ impl FsCore {
         }
     }
 
-    fn node(&self, ino: Ino) -> Result<InodeRef<'static>, FsError> {
+    fn node(&self, ino: Ino) -> Result<InodeRef<'_>, FsError> {
         if ino == 0 || ino > self.archive.inode_count() {
             return Err(FsError::NoSuchInode(ino));
         }
@@ -326,7 +326,7 @@ impl FsCore {
             .map_err(|source| FsError::Archive { ino, source })
     }
 
-    fn dir_node(&self, ino: Ino) -> Result<InodeRef<'static>, FsError> {
+    fn dir_node(&self, ino: Ino) -> Result<InodeRef<'_>, FsError> {
         let node = self.node(ino)?;
         if node.file_type() != FileType::Directory {
             return Err(FsError::NotADirectory(ino));
@@ -334,7 +334,7 @@ impl FsCore {
         Ok(node)
     }
 
-    fn file_node(&self, ino: Ino) -> Result<InodeRef<'static>, FsError> {
+    fn file_node(&self, ino: Ino) -> Result<InodeRef<'_>, FsError> {
         let node = self.node(ino)?;
         match node.file_type() {
             FileType::Regular => Ok(node),
@@ -355,7 +355,7 @@ impl FsCore {
     /// it does.
     fn read_node(
         &self,
-        node: &InodeRef<'static>,
+        node: &InodeRef<'_>,
         offset: u64,
         buf: &mut [u8],
         since: Instant,
@@ -371,7 +371,7 @@ impl FsCore {
     /// `Err(miss)`, discarding what was read.
     fn fill<M>(
         &self,
-        node: &InodeRef<'static>,
+        node: &InodeRef<'_>,
         offset: u64,
         buf: &mut [u8],
         mut source: impl FnMut(u32, u64, &mut [u8]) -> Result<Result<usize, ContentError>, M>,
@@ -423,12 +423,12 @@ pub struct ReadDir<'a> {
     /// Position of the next entry.
     pos: u64,
     /// The directory's entries, already advanced to `pos`.
-    entries: DirEntries<'static>,
+    entries: DirEntries<'a>,
     done: bool,
 }
 
-impl Iterator for ReadDir<'_> {
-    type Item = Result<DirEntry, FsError>;
+impl<'a> Iterator for ReadDir<'a> {
+    type Item = Result<DirEntry<'a>, FsError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -474,7 +474,7 @@ fn read_len(size: u64, offset: u64, want: u64) -> usize {
 }
 
 /// The size-probe protocol: size 0 asks for the length; too small is `ERANGE`.
-fn sized(ino: Ino, data: Cow<'static, [u8]>, size: u32) -> Result<XattrReply, FsError> {
+fn sized(ino: Ino, data: Cow<'_, [u8]>, size: u32) -> Result<XattrReply<'_>, FsError> {
     if size == 0 {
         return Ok(XattrReply::Size(
             u32::try_from(data.len()).unwrap_or(u32::MAX),
@@ -682,7 +682,7 @@ mod tests {
         assert_eq!(err.errno(), libc::ENOTDIR);
     }
 
-    fn names(entries: &[DirEntry]) -> Vec<String> {
+    fn names(entries: &[DirEntry<'_>]) -> Vec<String> {
         entries
             .iter()
             .map(|e| String::from_utf8_lossy(e.name).into_owned())
@@ -693,7 +693,7 @@ mod tests {
     fn readdir_lists_dot_dotdot_then_names_with_stable_offsets() {
         let f = fixture();
         let etc = f.ino("/etc");
-        let all: Vec<DirEntry> = f
+        let all: Vec<DirEntry<'_>> = f
             .core
             .readdir(etc, 0)
             .unwrap()
@@ -710,7 +710,7 @@ mod tests {
 
         // Resuming at every offset gives the rest of the same listing.
         for (i, entry) in all.iter().enumerate() {
-            let rest: Vec<DirEntry> = f
+            let rest: Vec<DirEntry<'_>> = f
                 .core
                 .readdir(etc, entry.offset)
                 .unwrap()
@@ -725,7 +725,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut offset = 0;
         loop {
-            let page: Vec<DirEntry> = f
+            let page: Vec<DirEntry<'_>> = f
                 .core
                 .readdir(many, offset)
                 .unwrap()

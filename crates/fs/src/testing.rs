@@ -149,8 +149,7 @@ impl ImageBuilder {
             })
             .collect();
         let bytes = clip_archive::write_archive(&meta, &layers, &self.tree)?;
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        let archive = Archive::open(bytes)?;
+        let archive = Archive::open_owned(bytes)?;
         Ok((Arc::new(archive), MemoryContent::new(self.layers)))
     }
 

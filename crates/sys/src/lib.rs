@@ -21,6 +21,7 @@ pub mod private;
 use std::fs::File;
 use std::io;
 use std::ops::Deref;
+use std::sync::Arc;
 
 /// Allocations at least this large are served by `mmap` and returned to the system on `free`.
 const MMAP_THRESHOLD: i32 = 128 * 1024;
@@ -30,8 +31,11 @@ const MMAP_THRESHOLD: i32 = 128 * 1024;
 /// The bytes must not change while mapped: clip maps index files, which it writes by rename
 /// and never in place. A file *truncated* in place while mapped would make reads past its new
 /// end fault (`SIGBUS`); replacing it (a new inode) does no harm.
+///
+/// Clones share one map, unmapped when the last of them is dropped.
+#[derive(Clone)]
 pub struct Mapping {
-    map: memmap2::Mmap,
+    map: Arc<memmap2::Mmap>,
 }
 
 impl Mapping {
@@ -41,7 +45,7 @@ impl Mapping {
         // changing is the caller's contract, and the bytes are only ever read as `&[u8]`
         // (every reader of an index bounds-checks what it reads).
         let map = unsafe { memmap2::MmapOptions::new().map(file)? };
-        Ok(Mapping { map })
+        Ok(Mapping { map: Arc::new(map) })
     }
 
     /// Drops the mapping's pages from this process's memory (they stay in the page cache and
@@ -65,6 +69,12 @@ impl Deref for Mapping {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
         &self.map
     }
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::AtFlags;
 
-use super::{lock, Inner, SpanCache, OLD_LAYOUT_DIRS, TEMP_PREFIX};
+use super::{Inner, SpanCache, OLD_LAYOUT_DIRS, TEMP_PREFIX};
+use crate::sync::{lock, wait_while};
 use crate::FetchError;
 use clip_sys::private::{self as dir, Stat};
 
@@ -85,21 +86,10 @@ impl Evict {
 
     /// Waits until the evictor has nothing to do, at most until `deadline`.
     pub(super) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
-        let mut state = lock(&self.state);
-        while (state.busy || state.requested) && !state.stop {
-            let now = Instant::now();
-            let left = match deadline {
-                Some(d) if d <= now => return false,
-                Some(d) => d - now,
-                None => Duration::from_secs(3600),
-            };
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        wait_while(&self.changed, lock(&self.state), deadline, |state| {
+            (state.busy || state.requested) && !state.stop
+        })
+        .1
     }
 }
 
@@ -125,9 +115,9 @@ fn run(cache: &Weak<Inner>, evict: &Evict) {
             let mut state = lock(&evict.state);
             state.busy = false;
             evict.changed.notify_all();
-            while !state.requested && !state.stop {
-                state = evict.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
+            let (mut state, _) = wait_while(&evict.changed, state, None, |state| {
+                !state.requested && !state.stop
+            });
             if state.stop {
                 return;
             }

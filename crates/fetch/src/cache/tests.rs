@@ -4,6 +4,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use super::*;
+use sha2::{Digest as _, Sha256};
+use std::os::unix::fs::PermissionsExt as _;
 
 const DIGEST: &str = "sha256:abababababababababababababababababababababababababababababababab";
 
@@ -19,9 +21,9 @@ fn layer(c: &SpanCache, spans: usize) -> LayerCache {
     c.layer(0, DIGEST, spans).unwrap()
 }
 
-/// The span at `offset` holding `data`.
-fn info(offset: u64, data: &[u8]) -> SpanInfo {
-    SpanInfo {
+/// Span 0 at `offset` holding `data`.
+fn info(offset: u64, data: &[u8]) -> SpanRef {
+    let info = SpanInfo {
         compressed_offset: offset,
         compressed_end: offset + data.len() as u64,
         uncompressed_offset: offset,
@@ -30,15 +32,19 @@ fn info(offset: u64, data: &[u8]) -> SpanInfo {
         digest: [0; 32],
         content_digest: Sha256::digest(data).into(),
         has_window: false,
-    }
+    };
+    SpanRef { index: 0, info }
 }
 
 fn put(l: &LayerCache, span: usize, offset: u64, data: &[u8]) -> PathBuf {
-    let info = info(offset, data);
-    let mut w = l.writer(&info).unwrap();
+    let span = SpanRef {
+        index: span,
+        ..info(offset, data)
+    };
+    let mut w = l.writer(&span).unwrap();
     w.write_all(data).unwrap();
-    l.publish(w, DIGEST, span).unwrap();
-    l.path(&info)
+    l.publish(w).unwrap();
+    l.path(&span.info)
 }
 
 fn full() -> Check {
@@ -66,7 +72,7 @@ fn layer_dirs_only_from_well_formed_digests() {
     ] {
         assert!(c.layer(0, bad, 1).is_none(), "{bad}");
     }
-    let p = l.path(&info(0x10_0000, &[0; 0x1000]));
+    let p = l.path(&info(0x10_0000, &[0; 0x1000]).info);
     assert!(p.ends_with("0000000000100000-1000"));
 }
 
@@ -125,18 +131,18 @@ fn published_entries_verify_and_corruption_is_caught() {
 
     // A fresh process (new cache handle, new state) verifies and serves it.
     let fresh = layer(&cache(tmp.path(), 1 << 30), 1);
-    let Lookup::Hit(file) = fresh.lookup(0, &span, full()) else {
+    let Lookup::Hit(file) = fresh.lookup(&span, full()) else {
         panic!("expected a hit");
     };
     let mut buf = [0u8; 10];
-    fresh.read(0, &file, &mut buf, 500).unwrap();
+    fresh.read(&span, &file, &mut buf, 500).unwrap();
     assert_eq!(buf[..], data[500..510]);
 
     // An index that says other content: not used, not deleted.
     let mut other = span;
-    other.content_digest = [8; 32];
+    other.info.content_digest = [8; 32];
     let third = layer(&cache(tmp.path(), 1 << 30), 1);
-    assert!(matches!(third.lookup(0, &other, full()), Lookup::Miss));
+    assert!(matches!(third.lookup(&other, full()), Lookup::Miss));
     assert!(path.exists());
 
     // Flip a content byte (even with a header that agrees): the next process deletes it.
@@ -144,12 +150,9 @@ fn published_entries_verify_and_corruption_is_caught() {
     f.write_all_at(&[data[1000] ^ 1], HEADER_LEN + 1000)
         .unwrap();
     let fourth = layer(&cache(tmp.path(), 1 << 30), 1);
-    assert!(matches!(
-        fourth.lookup(0, &span, full()),
-        Lookup::Corrupt(_)
-    ));
+    assert!(matches!(fourth.lookup(&span, full()), Lookup::Corrupt(_)));
     assert!(!path.exists());
-    assert!(matches!(fourth.lookup(0, &span, full()), Lookup::Miss));
+    assert!(matches!(fourth.lookup(&span, full()), Lookup::Miss));
 }
 
 #[test]
@@ -160,22 +163,24 @@ fn an_entry_written_to_while_open_is_caught_at_the_next_read() {
     let data = vec![5u8; 50_000];
     let path = put(&l, 0, 0, &data);
     let span = info(0, &data);
-    let Lookup::Hit(file) = l.lookup(0, &span, full()) else {
+    let Lookup::Hit(file) = l.lookup(&span, full()) else {
         panic!("expected a hit");
     };
     let mut buf = [0u8; 16];
-    l.read(0, &file, &mut buf, 0).unwrap();
+    l.read(&span, &file, &mut buf, 0).unwrap();
 
     // One byte flipped in place: the write changes the ctime, so the read that follows (from
     // the same open file) is refused rather than served.
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all_at(&[6], HEADER_LEN + 3).unwrap();
     drop(f);
-    let err = l.read(0, &file, &mut buf, 0).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-    // The caller invalidates it; the next lookup hashes it, finds it corrupt and deletes it.
-    l.invalidate(0);
-    assert!(matches!(l.lookup(0, &span, full()), Lookup::Corrupt(_)));
+    let err = l.read(&span, &file, &mut buf, 0).unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Cache { error, .. } if error.kind() == io::ErrorKind::InvalidData),
+        "{err:?}"
+    );
+    // The read invalidated it; the next lookup hashes it, finds it corrupt and deletes it.
+    assert!(matches!(l.lookup(&span, full()), Lookup::Corrupt(_)));
     assert!(!path.exists());
 }
 
@@ -191,7 +196,7 @@ fn a_reopened_entry_is_rehashed_unless_it_is_the_very_file_verified() {
     // Closed (as when more than 256 entries are open), the same file reopens cheaply: no hash
     // needed, so even the cheap check serves it.
     c.close_for_test((0, 0));
-    assert!(matches!(l.lookup(0, &span, Check::Cheap), Lookup::Hit(_)));
+    assert!(matches!(l.lookup(&span, Check::Cheap), Lookup::Hit(_)));
 
     // The file changed in place: the cheap check cannot vouch for it and the full one hashes
     // it and finds it corrupt, its inode number notwithstanding. (Timestamps can be as coarse
@@ -202,19 +207,19 @@ fn a_reopened_entry_is_rehashed_unless_it_is_the_very_file_verified() {
         .unwrap();
     drop(f);
     c.close_for_test((0, 0));
-    assert!(matches!(l.lookup(0, &span, Check::Cheap), Lookup::Miss));
+    assert!(matches!(l.lookup(&span, Check::Cheap), Lookup::Miss));
     assert!(path.exists(), "the cheap check deletes nothing");
-    assert!(matches!(l.lookup(0, &span, full()), Lookup::Corrupt(_)));
+    assert!(matches!(l.lookup(&span, full()), Lookup::Corrupt(_)));
 
     // Another file at the path, sound: hashed once, then cheap.
     let fresh = layer(&c, 1);
     let path = put(&fresh, 0, 0, &data);
     assert!(path.exists());
     c.close_for_test((0, 0));
-    assert!(matches!(l.lookup(0, &span, Check::Cheap), Lookup::Miss));
-    assert!(matches!(l.lookup(0, &span, full()), Lookup::Hit(_)));
+    assert!(matches!(l.lookup(&span, Check::Cheap), Lookup::Miss));
+    assert!(matches!(l.lookup(&span, full()), Lookup::Hit(_)));
     c.close_for_test((0, 0));
-    assert!(matches!(l.lookup(0, &span, Check::Cheap), Lookup::Hit(_)));
+    assert!(matches!(l.lookup(&span, Check::Cheap), Lookup::Hit(_)));
 }
 
 #[test]
@@ -228,17 +233,17 @@ fn concurrent_lookups_share_one_verification() {
     // Someone is verifying the entry: a cheap lookup does not wait, a full one with no time
     // left gives up, and both leave the entry alone.
     let guard = fresh.start_verifying_for_test((0, 0));
-    assert!(matches!(l.lookup(0, &span, Check::Cheap), Lookup::Busy));
+    assert!(matches!(l.lookup(&span, Check::Cheap), Lookup::Busy));
     let now = Check::Full {
         until: Instant::now(),
     };
-    assert!(matches!(l.lookup(0, &span, now), Lookup::Busy));
+    assert!(matches!(l.lookup(&span, now), Lookup::Busy));
     // Readers wait for the verification under way and then find its result.
     let hits = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
-                if matches!(l.lookup(0, &span, full()), Lookup::Hit(_)) {
+                if matches!(l.lookup(&span, full()), Lookup::Hit(_)) {
                     hits.fetch_add(1, Ordering::SeqCst);
                 }
             });
@@ -246,7 +251,7 @@ fn concurrent_lookups_share_one_verification() {
         drop(guard);
     });
     assert_eq!(hits.load(Ordering::SeqCst), 4);
-    assert!(fresh.inner.verifying.lock().unwrap().is_empty());
+    assert_eq!(fresh.inner.verifying.len(), 0);
 }
 
 #[test]
@@ -262,7 +267,7 @@ fn unpublished_and_wrong_entries_leave_nothing() {
     // Content other than the index records is refused at publication.
     let mut w = l.writer(&span).unwrap();
     w.write_all(b"abd").unwrap();
-    let err = l.publish(w, DIGEST, 0).unwrap_err();
+    let err = l.publish(w).unwrap_err();
     assert!(
         matches!(err, FetchError::ContentMismatch { span: 0, .. }),
         "{err}"
@@ -270,7 +275,7 @@ fn unpublished_and_wrong_entries_leave_nothing() {
     let mut w = l.writer(&span).unwrap();
     w.write_all(b"ab").unwrap();
     assert!(matches!(
-        l.publish(w, DIGEST, 0),
+        l.publish(w),
         Err(FetchError::ContentMismatch { .. })
     ));
     assert_eq!(fs::read_dir(layer_dir(tmp.path())).unwrap().count(), 0);
@@ -283,12 +288,12 @@ fn a_directory_at_an_entry_path_is_moved_away() {
     let l = layer(&c, 1);
     let data = b"hello";
     let span = info(0, data);
-    fs::create_dir_all(l.path(&span).join("inside")).unwrap();
-    assert!(matches!(l.lookup(0, &span, full()), Lookup::Corrupt(_)));
+    fs::create_dir_all(l.path(&span.info).join("inside")).unwrap();
+    assert!(matches!(l.lookup(&span, full()), Lookup::Corrupt(_)));
     // The path is free again: the span can be cached (and not fetched on every miss).
     put(&l, 0, 0, data);
     c.close_for_test((0, 0));
-    assert!(matches!(l.lookup(0, &span, full()), Lookup::Hit(_)));
+    assert!(matches!(l.lookup(&span, full()), Lookup::Hit(_)));
 }
 
 #[test]
@@ -306,7 +311,7 @@ fn symlinks_in_the_cache_are_never_followed() {
     std::os::unix::fs::symlink(&outside, layer_dir(&root)).unwrap();
     let l = layer(&c, 1);
     let span = info(0, b"keep!");
-    assert!(matches!(l.lookup(0, &span, full()), Lookup::Miss));
+    assert!(matches!(l.lookup(&span, full()), Lookup::Miss));
     assert!(l.writer(&span).is_err());
     // Neither the scan nor the eviction (the bound is 1 byte) goes there.
     let (count, _) = evict::scanned_bytes(&c.inner.spans);
@@ -317,9 +322,9 @@ fn symlinks_in_the_cache_are_never_followed() {
     // An entry that is a symlink is removed (it is ours), not followed.
     fs::remove_file(layer_dir(&root)).unwrap();
     fs::create_dir_all(layer_dir(&root)).unwrap();
-    std::os::unix::fs::symlink(&precious, l.path(&span)).unwrap();
-    assert!(matches!(l.lookup(0, &span, full()), Lookup::Corrupt(_)));
-    assert!(fs::symlink_metadata(l.path(&span)).is_err());
+    std::os::unix::fs::symlink(&precious, l.path(&span.info)).unwrap();
+    assert!(matches!(l.lookup(&span, full()), Lookup::Corrupt(_)));
+    assert!(fs::symlink_metadata(l.path(&span.info)).is_err());
     assert_eq!(fs::read(&precious).unwrap(), b"keep!");
 }
 

@@ -1,0 +1,167 @@
+//! Readahead: a read that starts where the previous read of the same layer ended looks
+//! sequential, and the next [`crate::FetchOptions::readahead_spans`] spans are fetched in the
+//! background, topped up when half of the window is used (so that they come in batches,
+//! coalesced into fewer requests).
+//!
+//! A readahead job claims its spans one run at a time, right before fetching that run: a span
+//! further on is not held (with readers waiting on it) while earlier runs are fetched; a reader
+//! that wants it meanwhile claims and fetches it itself, at demand priority.
+//!
+//! # What it owns, what it must not touch
+//!
+//! Each layer's [`ReadaheadState`] (where the last read ended, the first span not yet handed
+//! to readahead) and the readahead jobs. It never blocks a reader: [`Shared::note_access`]
+//! only queues a job (dropped when too many are queued: readahead is a hint). Fetching is
+//! `run.rs`'s; which worker runs the job is the scheduler's.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::decode::span_len;
+use crate::fetcher::{LayerState, Pending, Shared};
+use crate::queue::Priority;
+use crate::run::Job;
+use crate::SpanRef;
+
+/// Readahead jobs beyond this many queued are dropped (readahead is a hint).
+const MAX_QUEUED_READAHEAD: usize = 64;
+
+/// Where a layer's sequential reads are.
+#[derive(Debug)]
+pub(crate) struct ReadaheadState {
+    /// Where the last read of this layer ended (`u64::MAX` before the first).
+    last_end: AtomicU64,
+    /// First span not yet handed to readahead.
+    next: AtomicUsize,
+}
+
+impl Default for ReadaheadState {
+    fn default() -> Self {
+        ReadaheadState {
+            last_end: AtomicU64::new(u64::MAX),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The spans readahead should fetch after a read of `[offset, end)` that ended in span
+/// `last_span`, with a window of `ahead` spans over a layer of `span_count` spans; `None`
+/// when the read does not look sequential or the window is full enough. Updates `state`.
+fn plan(
+    state: &ReadaheadState,
+    offset: u64,
+    end: u64,
+    last_span: usize,
+    ahead: usize,
+    span_count: usize,
+) -> Option<Range<usize>> {
+    let previous_end = state.last_end.swap(end, Ordering::Relaxed);
+    if previous_end != offset {
+        state.next.store(0, Ordering::Relaxed);
+        return None;
+    }
+    // Top the window up only when half of it is used.
+    let next = state.next.load(Ordering::Relaxed);
+    if next.saturating_sub(last_span + 1) > ahead / 2 {
+        return None;
+    }
+    let from = (last_span + 1).max(next);
+    let to = last_span
+        .saturating_add(1)
+        .saturating_add(ahead)
+        .min(span_count);
+    if from >= to {
+        return None;
+    }
+    state.next.fetch_max(to, Ordering::Relaxed);
+    Some(from..to)
+}
+
+impl Shared {
+    /// Remembers where a read of `[offset, end)` (over `spans`) ended, and queues readahead
+    /// when reads of the layer look sequential.
+    pub(crate) fn note_access(&self, l: &LayerState, spans: &[SpanRef], offset: u64, end: u64) {
+        let ahead = self.options.readahead_spans;
+        // Readahead needs a worker of its own besides the one kept for demand.
+        if ahead == 0 || self.options.workers < 2 {
+            return;
+        }
+        let Some(last) = spans.last() else {
+            return;
+        };
+        if let Some(spans) = plan(&l.readahead, offset, end, last.index, ahead, l.span_count) {
+            let job = Job::Readahead {
+                layer: l.index,
+                spans,
+            };
+            self.submit(Priority::Readahead, job, MAX_QUEUED_READAHEAD);
+        }
+    }
+
+    /// Fetches whatever of `spans` is neither cached nor under way, a run at a time.
+    pub(crate) fn run_readahead(&self, l: &LayerState, spans: Range<usize>, priority: Priority) {
+        let Ok(table) = self.archive.spans(l.index) else {
+            return;
+        };
+        let mut run: Vec<Pending> = Vec::new();
+        for i in spans {
+            if self.scheduler.is_shutdown() {
+                return; // claims of `run` dropped: Cancelled
+            }
+            let Ok(info) = table.get(i) else {
+                break;
+            };
+            let span = SpanRef { index: i, info };
+            if span_len(&info) == 0 || l.cache.exists(&span) {
+                self.fetch_pending(l, &mut run, priority);
+                continue;
+            }
+            if !run.is_empty() && !self.can_join(l, &run, &span) {
+                self.fetch_pending(l, &mut run, priority);
+            }
+            let Some(claim) = self.try_claim(l, i) else {
+                self.fetch_pending(l, &mut run, priority);
+                continue;
+            };
+            // Published between the check and the claim?
+            if let Some(r) = self.cached_now(l, &span) {
+                claim.complete(Ok(r));
+                self.fetch_pending(l, &mut run, priority);
+                continue;
+            }
+            run.push(Pending { span, claim });
+        }
+        self.fetch_pending(l, &mut run, priority);
+    }
+
+    /// Fetches the run claimed so far, if any.
+    fn fetch_pending(&self, l: &LayerState, run: &mut Vec<Pending>, priority: Priority) {
+        if !run.is_empty() {
+            self.fetch_run(l, std::mem::take(run), priority);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_reads_move_a_window_topped_up_at_half() {
+        let s = ReadaheadState::default();
+        // The first read is not sequential (nothing before it).
+        assert_eq!(plan(&s, 0, 10, 0, 4, 100), None);
+        // The next one is: four spans after the one it ended in.
+        assert_eq!(plan(&s, 10, 20, 1, 4, 100), Some(2..6));
+        // Still more than half of the window ahead: nothing.
+        assert_eq!(plan(&s, 20, 30, 2, 4, 100), None);
+        // Half used: topped up from where the window ended.
+        assert_eq!(plan(&s, 30, 40, 3, 4, 100), Some(6..8));
+        // A jump is not sequential, and resets the window.
+        assert_eq!(plan(&s, 1000, 1010, 50, 4, 100), None);
+        assert_eq!(plan(&s, 1010, 1020, 51, 4, 100), Some(52..56));
+        // Never past the last span.
+        assert_eq!(plan(&s, 1020, 1030, 98, 4, 100), Some(99..100));
+        assert_eq!(plan(&s, 1030, 1040, 99, 4, 100), None);
+    }
+}

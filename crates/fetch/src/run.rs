@@ -1,0 +1,233 @@
+//! Fetch jobs, as the workers run them: a run of neighbouring claimed spans is fetched with one
+//! ranged read of the source (at most [`crate::FetchOptions::max_request_bytes`]), split, each
+//! span decoded and verified (`decode.rs`), published to the cache, and its claim completed
+//! (waking its readers). A span too large for memory goes to the streaming path (`stream.rs`).
+//!
+//! # What it owns, what it must not touch
+//!
+//! The coalescing rule ([`Shared::can_join`]), what a worker does with a job, and the counters
+//! of fetches (requests, bytes, spans, errors). It runs on worker threads only and holds no
+//! lock across the source's reads or the cache's writes. It never waits for a reader.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use clip_archive::Compression;
+use clip_registry::RegistryError;
+
+use crate::decode::{decode_span, span_len, DecodeError, MAX_GZIP_SPAN};
+use crate::fetcher::{bump, FetchResult, LayerState, Pending, Ready, Shared};
+use crate::queue::Priority;
+use crate::{FetchError, SpanRef};
+
+/// zstd and uncompressed spans larger than this (uncompressed) are streamed into the cache
+/// instead of being decoded in memory.
+pub(crate) const MAX_BUFFERED_OUTPUT: u64 = 16 << 20;
+
+/// Work for the workers.
+pub(crate) enum Job {
+    /// Fetch these claimed, neighbouring spans (one request when they fit).
+    Fetch { layer: u32, claims: Vec<Pending> },
+    /// Fetch whatever of these spans is neither cached nor under way (`readahead.rs`).
+    Readahead { layer: u32, spans: Range<usize> },
+}
+
+impl Shared {
+    /// Runs one job on a worker.
+    pub(crate) fn run_job(&self, job: Job, priority: Priority) {
+        match job {
+            Job::Fetch { layer, claims } => {
+                let Ok(l) = self.layer(layer) else {
+                    return; // claims dropped: waiters see Cancelled
+                };
+                // A fetch that finished between the reader's cache lookup and its claim has
+                // published the span already: take it from the cache.
+                let mut runs: Vec<Vec<Pending>> = vec![Vec::new()];
+                for pending in claims {
+                    if let Some(r) = self.cached_now(l, &pending.span) {
+                        pending.claim.complete(Ok(r));
+                        runs.push(Vec::new());
+                    } else if let Some(run) = runs.last_mut() {
+                        run.push(pending);
+                    }
+                }
+                for run in runs.into_iter().filter(|r| !r.is_empty()) {
+                    self.fetch_run(l, run, priority);
+                }
+            }
+            Job::Readahead { layer, spans } => {
+                if let Ok(l) = self.layer(layer) {
+                    self.run_readahead(l, spans, priority);
+                }
+            }
+        }
+    }
+
+    /// Whether `span` can join `run` in one request: the next span, none of them streamed,
+    /// and the compressed bytes of all within `max_request_bytes`.
+    pub(crate) fn can_join(&self, l: &LayerState, run: &[Pending], span: &SpanRef) -> bool {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return false;
+        };
+        last.span.index.checked_add(1) == Some(span.index)
+            && !self.streams(l, &first.span)
+            && !self.streams(l, &last.span)
+            && !self.streams(l, span)
+            && span
+                .info
+                .compressed_end
+                .max(last.span.info.compressed_end)
+                .saturating_sub(first.span.info.compressed_offset)
+                <= self.options.max_request_bytes
+    }
+
+    /// Whether a span is streamed into the cache rather than decoded in memory.
+    pub(crate) fn streams(&self, l: &LayerState, span: &SpanRef) -> bool {
+        let info = &span.info;
+        l.compression != Compression::Gzip
+            && (span_len(info) > MAX_BUFFERED_OUTPUT
+                || info.compressed_end - info.compressed_offset > self.options.max_request_bytes)
+    }
+
+    /// Fetches a run of neighbouring claimed spans and completes every claim.
+    pub(crate) fn fetch_run(&self, l: &LayerState, run: Vec<Pending>, priority: Priority) {
+        #[cfg(test)]
+        if self
+            .panic_in_fetch
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("test hook: a fetch panics");
+        }
+        if let [only] = run.as_slice() {
+            if self.streams(l, &only.span) {
+                for Pending { span, claim } in run {
+                    let result = self.stream_span(l, &span);
+                    self.complete(l, claim, result, priority);
+                }
+                return;
+            }
+            // One gzip span is fetched and inflated in memory whatever its size: refuse
+            // absurd ones before asking for (and allocating) them.
+            let info = &only.span.info;
+            let size = span_len(info).max(info.compressed_end - info.compressed_offset);
+            if l.compression == Compression::Gzip && size > MAX_GZIP_SPAN {
+                for Pending { span, claim } in run {
+                    let error = DecodeError::TooLarge { size }
+                        .into_fetch_error(&l.digest, span.index, &span.info);
+                    self.complete(l, claim, Err(error), priority);
+                }
+                return;
+            }
+        }
+        let start = run
+            .iter()
+            .map(|p| p.span.info.compressed_offset)
+            .min()
+            .unwrap_or(0);
+        let end = run
+            .iter()
+            .map(|p| p.span.info.compressed_end)
+            .max()
+            .unwrap_or(0);
+        tracing::debug!(layer = %l.digest, spans = ?run.first().map(|p| p.span.index)..run.last().map(|p| p.span.index + 1),
+            bytes = end - start, ?priority, "fetching spans");
+        let fetched = if start < end {
+            bump(&self.counters.registry_requests, 1);
+            self.source.read_range(&l.digest, start..end)
+        } else {
+            Ok(Vec::new())
+        };
+        let bytes = match fetched {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(layer = %l.digest, error = %e, "span fetch failed");
+                let source = Arc::new(e);
+                for Pending { span, claim } in run {
+                    let error = FetchError::Registry {
+                        layer_digest: l.digest.to_string(),
+                        span: Some(span.index),
+                        error: source.clone(),
+                    };
+                    self.complete(l, claim, Err(error), priority);
+                }
+                return;
+            }
+        };
+        bump(&self.counters.bytes_fetched, bytes.len() as u64);
+        for Pending { span, claim } in run {
+            let info = &span.info;
+            let slice = usize::try_from(info.compressed_offset - start)
+                .ok()
+                .zip(usize::try_from(info.compressed_end - start).ok())
+                .and_then(|(a, b)| bytes.get(a..b));
+            let result = match slice {
+                Some(compressed) => self.finish_span(l, &span, compressed),
+                None => Err(FetchError::Registry {
+                    layer_digest: l.digest.to_string(),
+                    span: Some(span.index),
+                    error: Arc::new(RegistryError::Protocol {
+                        url: l.digest.to_string(),
+                        detail: format!(
+                            "asked for {} bytes at {start}, got {}",
+                            end - start,
+                            bytes.len()
+                        ),
+                    }),
+                }),
+            };
+            self.complete(l, claim, result, priority);
+        }
+    }
+
+    /// Counts a span's outcome and hands it to its readers.
+    pub(crate) fn complete(
+        &self,
+        l: &LayerState,
+        claim: crate::fetcher::SpanClaim,
+        result: FetchResult,
+        priority: Priority,
+    ) {
+        match &result {
+            Ok(_) => {
+                bump(&self.counters.spans_fetched, 1);
+                if priority == Priority::Readahead {
+                    bump(&self.counters.readahead_spans, 1);
+                }
+            }
+            Err(e) => {
+                bump(&self.counters.fetch_errors, 1);
+                tracing::debug!(layer = %l.digest, span = claim.key().1, error = %e, "span not fetched");
+            }
+        }
+        claim.complete(result);
+    }
+
+    /// Verifies, decodes and caches one span from exactly its compressed bytes.
+    fn finish_span(&self, l: &LayerState, span: &SpanRef, compressed: &[u8]) -> FetchResult {
+        let window = self.window(l, span)?;
+        let content = match decode_span(l.compression, &span.info, &window, compressed) {
+            Ok(content) => content,
+            Err(DecodeError::DigestMismatch { found }) => {
+                return Err(self.digest_mismatch(l, span.index, &span.info, found));
+            }
+            Err(e) => {
+                let verify_failure = e.is_verify_failure();
+                let error = e.into_fetch_error(&l.digest, span.index, &span.info);
+                return Err(if verify_failure {
+                    self.content_mismatch(l, error)
+                } else {
+                    error
+                });
+            }
+        };
+        match l.cache.store(span, &content) {
+            Ok(file) => Ok(Ready::File(file)),
+            Err(e) => {
+                // The cache cannot take it: serve the verified bytes from memory.
+                tracing::warn!(layer = %l.digest, span = span.index, error = %e,
+                    "cannot cache a span; serving it from memory");
+                Ok(Ready::Memory(Arc::from(content.into_owned())))
+            }
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! Hermetic tests of the fetcher's scheduling and verification, with the in-memory source of
+//! [`crate::testing`]: no registry, no network, no sleeps for synchronisation (tests wait for
+//! conditions: requests arrived, counters reached).
+#![allow(clippy::single_range_in_vec_init)] // "one request of one range" is what tests check
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clip_archive::{Archive, Compression};
+
+use crate::fetcher::Shared;
+use crate::testing::{image, MemorySource, Request, TestLayer};
+use crate::{default_cache_dir, CacheOptions, FetchError, FetchOptions, FetchStats, Fetcher};
+
+const SPAN: usize = 1000;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Layer contents: `spans` spans of [`SPAN`] bytes, each byte telling layer and position.
+fn content(layer: u8, spans: usize) -> Vec<u8> {
+    (0..spans * SPAN)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(layer))
+        .collect()
+}
+
+fn plain(layer: u8, spans: usize) -> TestLayer {
+    TestLayer {
+        content: content(layer, spans),
+        compression: Compression::None,
+        span: SPAN,
+    }
+}
+
+fn options(cache: &Path) -> FetchOptions {
+    FetchOptions {
+        cache: CacheOptions {
+            dir: cache.to_path_buf(),
+            max_bytes: 1 << 30,
+        },
+        read_timeout: WAIT,
+        readahead_spans: 0,
+        ..FetchOptions::default()
+    }
+}
+
+struct Setup {
+    archive: Arc<Archive<'static>>,
+    source: Arc<MemorySource>,
+    layers: Vec<TestLayer>,
+    _cache: tempfile::TempDir,
+    cache_dir: std::path::PathBuf,
+}
+
+fn setup(layers: Vec<TestLayer>) -> Setup {
+    let (archive, source) = image(&layers).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    Setup {
+        archive,
+        source,
+        layers,
+        cache_dir: cache.path().to_path_buf(),
+        _cache: cache,
+    }
+}
+
+impl Setup {
+    fn fetcher(&self, tune: impl FnOnce(&mut FetchOptions)) -> Fetcher {
+        let mut options = options(&self.cache_dir);
+        tune(&mut options);
+        Fetcher::with_source(self.archive.clone(), self.source.clone(), options).unwrap()
+    }
+
+    fn shared(&self, tune: impl FnOnce(&mut FetchOptions)) -> Arc<Shared> {
+        let mut options = options(&self.cache_dir);
+        tune(&mut options);
+        Shared::start(self.archive.clone(), self.source.clone(), options).unwrap()
+    }
+
+    fn digest(&self, layer: usize) -> String {
+        self.archive.layers()[layer].digest.clone()
+    }
+
+    /// The expected bytes `[offset, offset + len)` of layer `layer`.
+    fn bytes(&self, layer: usize, offset: usize, len: usize) -> &[u8] {
+        &self.layers[layer].content[offset..offset + len]
+    }
+}
+
+/// Reads `len` bytes at `offset` of layer `layer` and checks them.
+fn read_ok(s: &Setup, f: &Fetcher, layer: u32, offset: usize, len: usize) {
+    let mut buf = vec![0; len];
+    let n = f.read_at(layer, offset as u64, &mut buf).unwrap();
+    assert_eq!(n, len);
+    assert_eq!(&buf[..], s.bytes(layer as usize, offset, len));
+}
+
+/// Waits until `cond` holds (at most [`WAIT`]): a condition, not a duration.
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting until {what}");
+        std::thread::yield_now();
+    }
+}
+
+fn ranges(source: &MemorySource) -> Vec<std::ops::Range<u64>> {
+    source
+        .requests()
+        .into_iter()
+        .map(|r| match r {
+            Request::Range { range, .. } => range,
+            Request::Blob { .. } => panic!("unexpected whole-blob read"),
+        })
+        .collect()
+}
+
+#[test]
+fn neighbouring_spans_of_a_read_are_one_request_within_max_request_bytes() {
+    let s = setup(vec![plain(0, 10)]);
+    let f = s.fetcher(|_| {});
+    read_ok(&s, &f, 0, 0, 10 * SPAN);
+    assert_eq!(ranges(&s.source), [0..10 * SPAN as u64]);
+    let stats = f.stats();
+    assert_eq!(
+        (
+            stats.registry_requests,
+            stats.spans_fetched,
+            stats.cache_misses
+        ),
+        (1, 10, 10)
+    );
+    // Cached now: no request at all.
+    read_ok(&s, &f, 0, 500, 5000);
+    assert_eq!(s.source.request_count(), 1);
+    assert_eq!(f.stats().cache_hits, 6);
+
+    // Three spans a request at most.
+    let s = setup(vec![plain(1, 10)]);
+    let f = s.fetcher(|o| o.max_request_bytes = 3 * SPAN as u64);
+    read_ok(&s, &f, 0, 0, 10 * SPAN);
+    // (Requests made by several workers at once: in any order.)
+    let mut got = ranges(&s.source);
+    got.sort_by_key(|r| r.start);
+    assert_eq!(got, [0..3000, 3000..6000, 6000..9000, 9000..10_000]);
+    assert!(got.iter().all(|r| r.end - r.start <= 3 * SPAN as u64));
+}
+
+#[test]
+fn one_fetch_per_span_however_many_readers() {
+    let s = setup(vec![plain(0, 4)]);
+    let f = s.fetcher(|o| o.workers = 4);
+    s.source.hold();
+    const READERS: u64 = 8;
+    std::thread::scope(|scope| {
+        for _ in 0..READERS {
+            scope.spawn(|| read_ok(&s, &f, 0, 1000, 1000));
+        }
+        // Every reader has missed the cache (and claimed or joined the fetch) before the
+        // registry answers.
+        until("every reader missed", || f.stats().cache_misses == READERS);
+        assert!(s.source.wait_for_requests(1, WAIT));
+        s.source.release();
+    });
+    assert_eq!(ranges(&s.source), [1000..2000]);
+    let stats = f.stats();
+    assert_eq!((stats.spans_fetched, stats.registry_requests), (1, 1));
+}
+
+#[test]
+fn demand_is_served_while_readahead_stalls_and_queued_readahead_waits() {
+    let s = setup(vec![plain(0, 20), plain(1, 20), plain(2, 20)]);
+    // Spans 0 and 1 of layers 0 and 2 are cached by an earlier fetcher without readahead.
+    {
+        let f = s.fetcher(|_| {});
+        read_ok(&s, &f, 0, 0, 2 * SPAN);
+        read_ok(&s, &f, 2, 0, 2 * SPAN);
+    }
+    let before = s.source.request_count();
+    // Two workers: one for background work at most, one always free for demand.
+    let f = s.fetcher(|o| {
+        o.workers = 2;
+        o.readahead_spans = 4;
+    });
+    s.source.hold_blob(&s.digest(0));
+    // Sequential reads of layer 0 (cache hits) start readahead, which stalls.
+    read_ok(&s, &f, 0, 0, SPAN);
+    read_ok(&s, &f, 0, SPAN, SPAN);
+    assert!(s.source.wait_for_requests(before + 1, WAIT));
+    // Sequential reads of layer 2 queue more readahead: no background slot is free for it.
+    read_ok(&s, &f, 2, 0, SPAN);
+    read_ok(&s, &f, 2, SPAN, SPAN);
+    // A demand read of layer 1 is served all the same, before the queued readahead.
+    read_ok(&s, &f, 1, 5 * SPAN, SPAN);
+    let digests: Vec<String> = s.source.requests()[before..]
+        .iter()
+        .map(|r| match r {
+            Request::Range { digest, .. } | Request::Blob { digest } => digest.clone(),
+        })
+        .collect();
+    assert_eq!(digests, [s.digest(0), s.digest(1)]);
+    s.source.release();
+    assert!(f.wait_idle(WAIT));
+    let stats = f.stats();
+    assert_eq!(stats.readahead_spans, 8, "spans 2..6 of layers 0 and 2");
+    assert!(s.source.requests()[before + 2..]
+        .iter()
+        .all(|r| matches!(r, Request::Range { digest, .. } if *digest == s.digest(2))));
+    // Read-ahead spans are served from the cache.
+    let before = f.stats();
+    read_ok(&s, &f, 2, 2 * SPAN, 4 * SPAN);
+    let after = f.stats();
+    assert_eq!(after.cache_misses, before.cache_misses);
+    assert_eq!(after.cache_hits, before.cache_hits + 4);
+}
+
+#[test]
+fn a_stalled_source_times_the_read_out_and_the_fetch_goes_on() {
+    let s = setup(vec![plain(0, 4)]);
+    let f = s.fetcher(|o| o.read_timeout = Duration::from_millis(200));
+    s.source.hold();
+    let started = Instant::now();
+    let mut buf = vec![0; SPAN];
+    let err = f.read_at(0, 0, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, FetchError::Timeout { span: 0, .. }),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(f.stats().timeouts, 1);
+    // The fetch was not abandoned: once the registry answers, the span is cached.
+    assert!(f.read_cached(0, 0, &mut buf).is_none());
+    s.source.release();
+    assert!(f.wait_idle(WAIT));
+    assert_eq!(f.read_cached(0, 0, &mut buf).unwrap().unwrap(), SPAN);
+    assert_eq!(&buf[..], s.bytes(0, 0, SPAN));
+    assert_eq!(s.source.request_count(), 1);
+}
+
+#[test]
+fn a_read_budget_counts_from_when_the_request_arrived() {
+    let s = setup(vec![plain(0, 4)]);
+    let f = s.fetcher(|o| o.read_timeout = Duration::from_secs(5));
+    s.source.hold();
+    let mut buf = vec![0; SPAN];
+    // Asked for long ago: its budget is spent already, whatever the queue.
+    let since = Instant::now() - Duration::from_secs(10);
+    let err = f.read_at_since(0, 0, &mut buf, since).unwrap_err();
+    assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
+    s.source.release();
+}
+
+#[test]
+fn transient_failures_are_retried_within_the_read_budget() {
+    let s = setup(vec![plain(0, 4)]);
+    let f = s.fetcher(|_| {});
+    s.source.fail_next(2);
+    read_ok(&s, &f, 0, 0, SPAN);
+    assert_eq!(s.source.request_count(), 3);
+    let stats = f.stats();
+    assert_eq!((stats.fetch_errors, stats.spans_fetched), (2, 1));
+
+    // A registry that keeps failing: the read fails with its error once the budget is spent.
+    let f = s.fetcher(|o| o.read_timeout = Duration::from_millis(300));
+    s.source.fail_next(usize::MAX);
+    let mut buf = vec![0; SPAN];
+    let err = f.read_at(0, 2 * SPAN as u64, &mut buf).unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        matches!(err, FetchError::Registry { span: Some(2), .. }),
+        "{err:?}"
+    );
+    s.source.fail_next(0);
+}
+
+#[test]
+fn wrong_bytes_are_refused_counted_and_never_cached() {
+    let s = setup(vec![plain(0, 4)]);
+    let f = s.fetcher(|_| {});
+    s.source.corrupt_next(1);
+    let mut buf = vec![0; SPAN];
+    let err = f.read_at(0, 0, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, FetchError::DigestMismatch { span: 0, .. }),
+        "{err:?}"
+    );
+    let stats = f.stats();
+    assert_eq!((stats.verify_failures, stats.fetch_errors), (1, 1));
+    assert!(f.read_cached(0, 0, &mut buf).is_none(), "nothing cached");
+    assert_eq!(s.source.distrusted(), 1);
+    // The next read fetches again, and gets the right bytes.
+    read_ok(&s, &f, 0, 0, SPAN);
+    assert_eq!(s.source.request_count(), 2);
+
+    // Behind mirrors, bytes that do not verify are fetched once more within the same read
+    // (the source is told to distrust its mirrors first).
+    let s = setup(vec![plain(1, 4)]);
+    let f = s.fetcher(|_| {});
+    s.source.set_mirrors(true);
+    s.source.corrupt_next(1);
+    read_ok(&s, &f, 0, 0, SPAN);
+    assert_eq!(s.source.request_count(), 2);
+    assert_eq!(s.source.distrusted(), 1);
+    assert_eq!(f.stats().verify_failures, 1);
+}
+
+#[test]
+fn a_span_too_large_for_memory_is_streamed_and_verified() {
+    // One zstd frame (one span) decoding to more than the in-memory limit.
+    let big = crate::run::MAX_BUFFERED_OUTPUT as usize + 4096;
+    let content: Vec<u8> = (0..big).map(|i| (i / 4096) as u8).collect();
+    let s = setup(vec![TestLayer {
+        content,
+        compression: Compression::Zstd,
+        span: big,
+    }]);
+    let f = s.fetcher(|_| {});
+    // A whole-blob read whose stream does not verify: refused, nothing cached.
+    s.source.corrupt_next(1);
+    let mut buf = vec![0; 100];
+    let err = f.read_at(0, 5000, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FetchError::DigestMismatch { span: 0, .. } | FetchError::Decode { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(f.read_cached(0, 5000, &mut buf).is_none());
+    read_ok(&s, &f, 0, big - 100, 100);
+    assert!(s
+        .source
+        .requests()
+        .iter()
+        .all(|r| matches!(r, Request::Blob { .. })));
+    assert!(f.read_cached(0, 0, &mut buf).is_some());
+}
+
+#[test]
+fn shutting_down_cancels_queued_fetches_and_lets_running_ones_finish() {
+    let s = setup(vec![plain(0, 10)]);
+    // One worker: the second read's fetch is queued behind the first.
+    let shared = s.shared(|o| o.workers = 1);
+    s.source.hold();
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| {
+            let mut buf = vec![0; SPAN];
+            shared.read_at(0, 0, &mut buf, Instant::now()).map(|_| buf)
+        });
+        assert!(s.source.wait_for_requests(1, WAIT));
+        let second = scope.spawn(|| {
+            let mut buf = vec![0; SPAN];
+            shared.read_at(0, 5 * SPAN as u64, &mut buf, Instant::now())
+        });
+        until("the second read missed", || {
+            shared.stats().cache_misses == 2
+        });
+        // What dropping the fetcher does.
+        shared.shutdown();
+        let err = second.join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, FetchError::Cancelled { span: 5, .. }),
+            "{err:?}"
+        );
+        s.source.release();
+        assert_eq!(first.join().unwrap().unwrap(), s.bytes(0, 0, SPAN));
+    });
+    assert_eq!(s.source.request_count(), 1, "the queued fetch never ran");
+    assert_eq!(shared.flights.len(), 0);
+}
+
+#[test]
+fn a_panicking_fetch_fails_its_readers_and_the_worker_goes_on() {
+    let s = setup(vec![plain(0, 4)]);
+    // One worker: if the panic killed it, nothing would serve the second read.
+    let shared = s.shared(|o| o.workers = 1);
+    let mut buf = vec![0u8; 10];
+    shared.panic_in_fetch.store(true, Ordering::SeqCst);
+    let err = shared.read_at(0, 0, &mut buf, Instant::now()).unwrap_err();
+    assert!(
+        matches!(err, FetchError::Panicked { span: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(shared.wait_idle(WAIT));
+    // The same worker takes the next job, and the failed span was not remembered as claimed.
+    shared.panic_in_fetch.store(false, Ordering::SeqCst);
+    assert_eq!(shared.read_at(0, 0, &mut buf, Instant::now()).unwrap(), 10);
+    assert_eq!(&buf[..], s.bytes(0, 0, 10));
+    assert_eq!(shared.stats().timeouts, 0);
+    shared.shutdown();
+}
+
+#[test]
+fn reads_past_the_end_and_of_unknown_layers_are_refused() {
+    let s = setup(vec![plain(0, 2)]);
+    let f = s.fetcher(|_| {});
+    let mut buf = vec![0; 10];
+    assert_eq!(f.read_at(0, 2 * SPAN as u64, &mut buf).unwrap(), 0);
+    let err = f.read_at(0, 2 * SPAN as u64 + 1, &mut buf).unwrap_err();
+    assert_eq!(err.errno(), libc::EINVAL);
+    assert_eq!(f.read_at(9, 0, &mut buf).unwrap_err().errno(), libc::EINVAL);
+    // A read across the end is cut at the end.
+    let mut buf = vec![0; 2 * SPAN];
+    assert_eq!(f.read_at(0, 1500, &mut buf).unwrap(), 500);
+    assert_eq!(
+        f.stats(),
+        FetchStats {
+            registry_requests: 1,
+            bytes_fetched: 1000,
+            spans_fetched: 1,
+            cache_misses: 1,
+            ..FetchStats::default()
+        }
+    );
+}
+
+#[test]
+fn fetcher_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Fetcher>();
+}
+
+#[test]
+fn default_cache_dir_is_absolute() {
+    let dir = default_cache_dir();
+    assert!(dir.is_absolute(), "{}", dir.display());
+    assert!(dir.ends_with("clip") || dir.to_string_lossy().contains("clip-cache-"));
+}
+
+#[test]
+fn stats_serialize_with_their_field_names() {
+    let json = serde_json::to_value(FetchStats::default()).unwrap();
+    for field in [
+        "registry_requests",
+        "bytes_fetched",
+        "spans_fetched",
+        "cache_hits",
+        "cache_misses",
+        "verify_failures",
+        "fetch_errors",
+        "readahead_spans",
+        "timeouts",
+    ] {
+        assert_eq!(json[field], 0, "{field}");
+    }
+}
