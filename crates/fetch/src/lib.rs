@@ -321,9 +321,10 @@ impl Fetcher {
     }
 
     /// Makes sure every span covering `range` of the layer's uncompressed stream is in the
-    /// cache (fetching what is missing, coalesced), without copying bytes anywhere.
-    pub fn prefetch(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
-        self.shared.prefetch(layer, range)
+    /// cache (fetching what is missing, coalesced, at the priority of a read), without copying
+    /// bytes anywhere; returns once they are.
+    pub fn fetch_range(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
+        self.shared.fetch_range(layer, range)
     }
 
     /// Waits until no background fetch (readahead included) is queued or running and the cache

@@ -334,7 +334,7 @@ impl Shared {
             %problem, "corrupt cache entry; fetching the span again");
     }
 
-    pub(crate) fn prefetch(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
+    pub(crate) fn fetch_range(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
         let l = self.layer(layer)?;
         let end = range.end.min(l.uncompressed_size);
         if range.start >= end {

@@ -680,7 +680,7 @@ fn prefetch_caches_without_copying() {
     );
     let fetcher = setup.fetcher(setup.options());
     let (a, b) = setup.span_range(0, 2);
-    fetcher.prefetch(0, a..b).unwrap();
+    fetcher.fetch_range(0, a..b).unwrap();
     assert_eq!(fetcher.stats().spans_fetched, 1);
     let mut buf = vec![0u8; 1000];
     let got = fetcher
