@@ -116,6 +116,60 @@ pub struct ServeArgs {
     /// EIO (the mount stays up).
     #[arg(long, default_value_t = 30)]
     pub read_timeout: u64,
+    /// What to fetch before it is read: `profile` replays the image's startup profile (when
+    /// one was recorded), `all` then fetches the rest of the image too, at most
+    /// --prefetch-rate, so that the node no longer needs the registry; `none` fetches only
+    /// what is read.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "profile",
+        value_name = "profile|all|none"
+    )]
+    pub prefetch: Prefetch,
+    /// Same as --prefetch none.
+    #[arg(long, conflicts_with = "prefetch")]
+    pub no_prefetch: bool,
+    /// With --prefetch all: the most bytes per second the rest of the image is fetched at
+    /// (e.g. 50M).
+    #[arg(long, default_value = "50M", value_parser = units::parse_size, value_name = "BYTES")]
+    pub prefetch_rate: u64,
+}
+
+/// What a mount fetches before it is read.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// The startup profile's spans.
+    Profile,
+    /// The profile's, then everything else.
+    All,
+    /// Nothing.
+    None,
+}
+
+impl ServeArgs {
+    fn prefetch_mode(&self) -> Prefetch {
+        if self.no_prefetch {
+            Prefetch::None
+        } else {
+            self.prefetch
+        }
+    }
+
+    /// The flags again, for a mount daemon.
+    fn to_args(&self) -> Vec<String> {
+        let mode = match self.prefetch_mode() {
+            Prefetch::Profile => "profile",
+            Prefetch::All => "all",
+            Prefetch::None => "none",
+        };
+        vec![
+            format!("--cache-size={}", self.cache_size),
+            format!("--read-timeout={}", self.read_timeout),
+            format!("--prefetch={mode}"),
+            format!("--prefetch-rate={}", self.prefetch_rate),
+        ]
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -131,6 +185,10 @@ pub struct StatsArgs {
     /// Print the counters as JSON.
     #[arg(long)]
     pub json: bool,
+    /// First wait until the mount fetches nothing in the background (the profile replayed,
+    /// with --prefetch all the whole image cached), at most SECS seconds.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "3600")]
+    pub wait: Option<u64>,
 }
 
 /// Bridges the fetcher to the filesystem core (neither crate knows the other), telling the
@@ -141,6 +199,19 @@ struct FetchContent {
 }
 
 impl FetchContent {
+    /// A fetch failure as the filesystem core reports it: the fetcher's errno, its message
+    /// logged — once per outage when the registry is unreachable (the fetcher announced it).
+    fn content_error(&self, e: clip_fetch::FetchError) -> ContentError {
+        let outage = (e.is_transient() || matches!(e, clip_fetch::FetchError::Timeout { .. }))
+            && self.fetcher.registry_unreachable();
+        let error = ContentError::new(e.errno(), e.to_string());
+        if outage {
+            error.already_logged()
+        } else {
+            error
+        }
+    }
+
     fn served(&self, layer: u32, offset: u64, result: &Result<usize, ContentError>) {
         if let (Some(recorder), Ok(n)) = (&self.recorder, result) {
             recorder.note(layer, offset, *n);
@@ -159,7 +230,7 @@ impl ContentSource for FetchContent {
         let result = self
             .fetcher
             .read_at_since(layer, offset, buf, since)
-            .map_err(content_error);
+            .map_err(|e| self.content_error(e));
         self.served(layer, offset, &result);
         result
     }
@@ -175,15 +246,10 @@ impl ContentSource for FetchContent {
         let result = self
             .fetcher
             .read_cached(layer, offset, buf)
-            .map(|r| r.map_err(content_error))?;
+            .map(|r| r.map_err(|e| self.content_error(e)))?;
         self.served(layer, offset, &result);
         Some(result)
     }
-}
-
-/// A fetch failure as the filesystem core reports it: the fetcher's errno, its message logged.
-fn content_error(e: clip_fetch::FetchError) -> ContentError {
-    ContentError::new(e.errno(), e.to_string())
 }
 
 /// Where mount daemons keep their stats sockets and logs: private to the user (`0700`,
@@ -302,10 +368,7 @@ pub fn spawn_daemon(
     cmd.arg("mount")
         .arg(&located.path)
         .arg(dir)
-        .arg("--cache-size")
-        .arg(serve.cache_size.to_string())
-        .arg("--read-timeout")
-        .arg(serve.read_timeout.to_string())
+        .args(serve.to_args())
         .arg("--ready-on-stdout")
         .arg("--cache-dir")
         .arg(source.registry.cache_dir());
@@ -398,7 +461,6 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         max_attempts: u32::MAX,
         ..RetryPolicy::default()
     })?;
-    probe_registry(&client_with(RetryPolicy::default())?, &reference, &archive)?;
     let fetch_options = FetchOptions {
         cache: CacheOptions {
             dir: args.source.registry.cache_dir(),
@@ -410,6 +472,18 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     let fetcher = Arc::new(
         Fetcher::new(archive.clone(), client, reference.clone(), fetch_options)
             .context("setting up the span cache")?,
+    );
+    probe_registry(
+        &client_with(RetryPolicy::default())?,
+        &reference,
+        &archive,
+        &fetcher,
+    )?;
+    start_prefetch(
+        &fetcher,
+        &archive,
+        &args.serve,
+        &args.source.registry.cache_dir(),
     );
 
     // Signals are caught from before the mount exists, so none can leave a stale mount.
@@ -511,6 +585,55 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     result.with_context(|| format!("serving {}", args.dir.display()))
 }
 
+/// `--prefetch`: the image's startup profile replayed (when the index store has one), and with
+/// `all` the rest of the image fetched after it. Before the mount is ready, so that fetching
+/// starts at once.
+fn start_prefetch(fetcher: &Fetcher, archive: &Archive<'_>, serve: &ServeArgs, cache_dir: &Path) {
+    let mode = serve.prefetch_mode();
+    if mode == Prefetch::None {
+        return;
+    }
+    let digest = &archive.meta().manifest_digest;
+    let profile = clip_store::IndexStore::open(cache_dir)
+        .and_then(|store| store.profile(digest))
+        .unwrap_or_else(|e| {
+            tracing::warn!("no startup profile replayed: {e}");
+            None
+        });
+    if let Some(profile) = profile {
+        let layers: std::collections::HashMap<&str, u32> = archive
+            .layers()
+            .iter()
+            .zip(0u32..)
+            .map(|(l, i)| (l.digest.as_str(), i))
+            .collect();
+        let spans: Vec<(u32, usize)> = profile
+            .spans
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    *layers.get(s.layer.as_str())?,
+                    usize::try_from(s.span).ok()?,
+                ))
+            })
+            .collect();
+        let queued = fetcher.prefetch(&spans);
+        tracing::info!(
+            queued,
+            listed = profile.spans.len(),
+            "replaying the startup profile"
+        );
+    }
+    if mode == Prefetch::All {
+        let spans = fetcher.fill(Some(serve.prefetch_rate));
+        tracing::info!(
+            spans,
+            rate = serve.prefetch_rate,
+            "fetching the rest of the image in the background"
+        );
+    }
+}
+
 /// `--record`, at the end of the mount: the profile recorded, merged with the one kept unless
 /// `--replace`, kept in the index store and, with `--push`, pushed beside the image's index.
 pub fn keep_profile(
@@ -569,6 +692,7 @@ fn probe_registry(
     client: &clip_registry::Client,
     reference: &Reference,
     archive: &Archive<'_>,
+    fetcher: &Fetcher,
 ) -> Result<()> {
     let Some(layer) = archive.layers().iter().find(|l| l.compressed_size > 0) else {
         return Ok(());
@@ -576,8 +700,8 @@ fn probe_registry(
     match client.fetch_range(reference, &layer.digest, 0..1) {
         Ok(_) => Ok(()),
         Err(e) if e.is_transient() => {
-            tracing::warn!(image = %reference, error = %e,
-                "the registry cannot be reached: mounting anyway; cached data is served, other reads fail after --read-timeout until it is back");
+            // Mounting anyway: the fetcher announces the outage (once), as for its own fetches.
+            fetcher.note_registry_failure(&e);
             Ok(())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!(
@@ -588,7 +712,7 @@ fn probe_registry(
 
 fn stats_line(v: &serde_json::Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    format!(
+    let mut line = format!(
         "{} registry requests, {} fetched in {} spans, {} cache hits, {} misses, {} verification failures",
         n("registry_requests"),
         units::bytes(n("bytes_fetched")),
@@ -596,7 +720,23 @@ fn stats_line(v: &serde_json::Value) -> String {
         n("cache_hits"),
         n("cache_misses"),
         n("verify_failures"),
-    )
+    );
+    if n("prefetch_spans") > 0 {
+        line.push_str(&format!(
+            "; prefetched {} spans: {} read, {} not (yet)",
+            n("prefetch_spans"),
+            n("prefetch_hits"),
+            n("prefetch_wasted")
+        ));
+    }
+    if n("fill_total") > 0 {
+        line.push_str(&format!(
+            "; {} of {} spans of the image cached",
+            n("fill_done"),
+            n("fill_total")
+        ));
+    }
+    line
 }
 
 /// Serves the fetcher's counters as one JSON document per connection.
@@ -615,16 +755,32 @@ impl StatsServer {
             UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let stats = fetcher.stats();
-                if let Ok(json) = serde_json::to_vec(&stats) {
-                    let _ = stream.write_all(&json);
-                }
+                let Ok(stream) = stream else { continue };
+                let fetcher = fetcher.clone();
+                // A client that asks to wait holds its connection: one thread each.
+                std::thread::spawn(move || answer_stats(stream, &fetcher));
             }
         });
         Ok(StatsServer {
             path: path.to_path_buf(),
         })
+    }
+}
+
+/// The stats protocol: the client sends one line — empty (or nothing at all: it may just
+/// read) for the counters now, `wait SECS` to have them once no background fetch is left (at
+/// most SECS seconds) — and reads one JSON document.
+fn answer_stats(mut stream: UnixStream, fetcher: &Fetcher) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut request = Vec::new();
+    let _ = (&mut stream).take(64).read_to_end(&mut request);
+    let request = String::from_utf8_lossy(&request);
+    if let Some(secs) = request.trim().strip_prefix("wait ") {
+        let secs = secs.parse::<u64>().unwrap_or(0).min(86_400);
+        fetcher.wait_idle(Duration::from_secs(secs));
+    }
+    if let Ok(json) = serde_json::to_vec(&fetcher.stats()) {
+        let _ = stream.write_all(&json);
     }
 }
 
@@ -654,6 +810,14 @@ pub fn stats(args: StatsArgs) -> Result<()> {
             socket.display()
         )
     })?;
+    let request = match args.wait {
+        Some(secs) => format!("wait {secs}\n"),
+        None => "\n".to_string(),
+    };
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+        .context("asking the mount for its counters")?;
     let mut body = String::new();
     stream
         .read_to_string(&mut body)

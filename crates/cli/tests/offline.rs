@@ -65,6 +65,11 @@ fn a_warm_cache_mounts_and_serves_with_the_registry_gone() {
     assert_eq!(stats["fetch_errors"], 0, "{stats}");
     let log = mount.unmount();
     assert!(log.contains("cannot be reached"), "says why: {log}");
+    assert_eq!(
+        log.matches("reads of data not in the cache fail").count(),
+        1,
+        "{log}"
+    );
 
     // Nothing cached: a read fails with EIO once its budget is spent, the mount stays up, and
     // the same read succeeds when the registry is back.
@@ -78,6 +83,8 @@ fn a_warm_cache_mounts_and_serves_with_the_registry_gone() {
     let big = mount.dir.join("data/big");
     let err = std::fs::read(&big).expect_err("nothing cached, no registry");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let err = std::fs::read(mount.dir.join("data/bin")).expect_err("nor this");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(
         mount.dir.join("etc/os-release").exists(),
         "metadata needs no registry"
@@ -85,11 +92,70 @@ fn a_warm_cache_mounts_and_serves_with_the_registry_gone() {
     proxy.set(Fault::None);
     let want = std::fs::read(expected.rootfs().join("data/big")).unwrap();
     assert!(std::fs::read(&big).unwrap() == want, "wrong bytes");
-    mount.unmount();
+    let log = mount.unmount();
+    // One outage, one line (at warning level), however many reads it failed; and its end.
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("reads of data not in the cache fail"),
+        "{log}"
+    );
+    assert!(log.contains("reachable again"), "{log}");
 
     // A machine that never resolved the image cannot guess it: a clear error.
     proxy.set(Fault::Reset);
     let other = scratch.path("other-cache");
     let err = clip(&["pull", "--cache-dir", other.to_str().unwrap(), &image]).failure();
     assert!(err.contains("has not resolved it before"), "{err}");
+}
+
+#[test]
+#[ignore = "privileged: needs root, FUSE, docker-registry, umoci (scripts/test.sh runs it)"]
+fn prefetch_all_makes_a_node_independent_of_the_registry() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let fixture = "/d dir 0755 0 0\n\
+        /d/a file 0644 0 0 size=900000 seed=21 text\n\
+        /d/b file 0644 0 0 size=600000 seed=22\n\
+        /d/c file 0600 0 0 content=\"small\\n\"\n";
+    Image::new()
+        .layer(Layer::from_fixture(fixture))
+        .push(&registry, "fill:1", ManifestFlavor::Oci);
+    let expected = oracle_unpack_dir(&registry, "fill:1", None);
+    let proxy = FaultProxy::start(registry.addr());
+    let image = format!("{}/fill:1", proxy.addr());
+    let cache = scratch.path("cache");
+    let cache_s = cache.to_str().unwrap();
+    clip(&[
+        "index",
+        "--quiet",
+        "--span",
+        "128k",
+        "--cache-dir",
+        cache_s,
+        &image,
+    ])
+    .success();
+
+    // Nothing is read; the mount fetches the whole image in the background, bounded.
+    let mount = Mount::start(
+        Path::new(&image),
+        &scratch.path("mnt"),
+        &cache,
+        &["--prefetch", "all", "--prefetch-rate", "100M"],
+    );
+    let idle = mount.stats_when_idle();
+    assert!(idle["fill_total"].as_u64().unwrap() > 4, "{idle}");
+    assert_eq!(idle["fill_done"], idle["fill_total"], "{idle}");
+    assert_eq!(idle["cache_misses"], 0, "nothing was read: {idle}");
+    // The registry goes away: every byte is still there, exactly.
+    proxy.set(Fault::Reset);
+    assert_same_tree(expected.snapshot(), &TreeSnapshot::capture(&mount.dir));
+    let after = mount.stats();
+    assert_eq!(after["fetch_errors"], 0, "{after}");
+    assert_eq!(after["spans_fetched"], idle["spans_fetched"], "{after}");
+    mount.unmount();
 }

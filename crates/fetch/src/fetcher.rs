@@ -6,6 +6,7 @@
 //!
 //! - `read.rs`: the read path (`read_at`, `read_cached`, getting spans ready, copying out);
 //! - `readahead.rs`: the readahead policy and readahead jobs;
+//! - `prefetch.rs`: profile replay and the fill, and their counters;
 //! - `run.rs`: fetch jobs: coalesced requests, split, decode, publish, claims completed;
 //! - `stream.rs`: spans too large for memory, streamed into the cache;
 //! - `decode.rs` (a pure function) and `queue.rs` (the scheduler) know nothing of `Shared`.
@@ -15,17 +16,18 @@
 
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clip_archive::{Archive, Compression, SpanInfo};
 
 use crate::cache::{Key, LayerCache, SpanCache};
+use crate::prefetch::{Bucket, Marks};
 use crate::queue::{Priority, Scheduler};
 use crate::readahead::ReadaheadState;
 use crate::run::Job;
 use crate::source::BlobSource;
-use crate::sync::{Claim, Joined, SingleFlight};
+use crate::sync::{lock, Claim, Joined, SingleFlight};
 use crate::{FetchError, FetchOptions, FetchStats, SpanRef};
 
 /// Where a fetched span's verified bytes are.
@@ -62,6 +64,8 @@ pub(crate) struct LayerState {
     pub(crate) cache: LayerCache,
     /// Where its sequential reads are.
     pub(crate) readahead: ReadaheadState,
+    /// Which spans the profile replay fetched, and which of those were read.
+    pub(crate) marks: Marks,
 }
 
 #[derive(Default)]
@@ -76,6 +80,10 @@ pub(crate) struct Counters {
     pub(crate) readahead_spans: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) cache_corrupt: AtomicU64,
+    pub(crate) prefetch_spans: AtomicU64,
+    pub(crate) prefetch_hits: AtomicU64,
+    pub(crate) fill_total: AtomicU64,
+    pub(crate) fill_done: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
@@ -105,6 +113,11 @@ pub(crate) struct Shared {
     pub(crate) flights: Arc<SingleFlight<Key, FetchResult>>,
     pub(crate) scheduler: Scheduler<Job>,
     pub(crate) counters: Counters,
+    /// The fill's rate bound, once a fill was asked for with one.
+    pub(crate) fill_rate: Mutex<Option<Bucket>>,
+    /// Since when the source has been failing with transient errors (an outage, announced
+    /// once in the log), if it is.
+    pub(crate) outage: Mutex<Option<Instant>>,
     /// Test hook: makes every fetch run panic.
     #[cfg(test)]
     pub(crate) panic_in_fetch: std::sync::atomic::AtomicBool,
@@ -139,6 +152,7 @@ impl Shared {
                 span_count,
                 cache: layer_cache,
                 readahead: ReadaheadState::default(),
+                marks: Marks::new(span_count),
             });
         }
         let workers = options.workers;
@@ -151,6 +165,8 @@ impl Shared {
             flights: Arc::new(SingleFlight::default()),
             scheduler: Scheduler::new(workers),
             counters: Counters::default(),
+            fill_rate: Mutex::new(None),
+            outage: Mutex::new(None),
             #[cfg(test)]
             panic_in_fetch: std::sync::atomic::AtomicBool::new(false),
         });
@@ -223,6 +239,11 @@ impl Shared {
             readahead_spans: get(&c.readahead_spans),
             timeouts: get(&c.timeouts),
             cache_corrupt: get(&c.cache_corrupt),
+            prefetch_spans: get(&c.prefetch_spans),
+            prefetch_hits: get(&c.prefetch_hits),
+            prefetch_wasted: get(&c.prefetch_spans).saturating_sub(get(&c.prefetch_hits)),
+            fill_total: get(&c.fill_total),
+            fill_done: get(&c.fill_done),
         }
     }
 
@@ -233,11 +254,50 @@ impl Shared {
         self.scheduler.wait_idle(deadline) && self.cache.wait_evictor_idle(deadline)
     }
 
+    /// A fetch from the source failed with `e`. A transient failure starts an outage,
+    /// announced once; until the source answers again, further ones are logged at debug
+    /// level only. Other failures are reported each time.
+    pub(crate) fn source_failed(&self, l: &LayerState, e: &clip_registry::RegistryError) {
+        if !e.is_transient() {
+            tracing::warn!(layer = %l.digest, error = %e, "span fetch failed");
+            return;
+        }
+        let started = {
+            let mut outage = lock(&self.outage);
+            let started = outage.is_none();
+            outage.get_or_insert_with(Instant::now);
+            started
+        };
+        if started {
+            tracing::warn!(error = %e, timeout = ?self.options.read_timeout,
+                "the registry cannot be reached: reads of data not in the cache fail once their \
+                 time is up, until it is back (cached data is served)");
+        } else {
+            tracing::debug!(layer = %l.digest, error = %e, "fetch failed: the registry is still unreachable");
+        }
+    }
+
+    /// A fetch from the source succeeded: an outage is over.
+    pub(crate) fn source_ok(&self) {
+        if let Some(since) = lock(&self.outage).take() {
+            tracing::info!(after = ?since.elapsed(), "the registry is reachable again");
+        }
+    }
+
+    /// Whether the source is failing now (an outage).
+    pub(crate) fn in_outage(&self) -> bool {
+        lock(&self.outage).is_some()
+    }
+
     /// A read gave up waiting for span `span`.
     pub(crate) fn timed_out(&self, l: &LayerState, span: usize) -> FetchError {
         bump(&self.counters.timeouts, 1);
-        tracing::warn!(layer = %l.digest, span, timeout = ?self.options.read_timeout,
-            "read timed out waiting for a span");
+        if self.in_outage() {
+            tracing::debug!(layer = %l.digest, span, "read timed out: the registry is unreachable");
+        } else {
+            tracing::warn!(layer = %l.digest, span, timeout = ?self.options.read_timeout,
+                "read timed out waiting for a span");
+        }
         FetchError::Timeout {
             layer_digest: l.digest.to_string(),
             span,

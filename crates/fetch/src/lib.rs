@@ -99,6 +99,7 @@ pub mod cache;
 mod decode;
 mod error;
 mod fetcher;
+mod prefetch;
 mod queue;
 mod read;
 mod readahead;
@@ -233,6 +234,16 @@ pub struct FetchStats {
     pub timeouts: u64,
     /// Cache entries found corrupt (deleted and fetched again).
     pub cache_corrupt: u64,
+    /// Spans fetched by the replay of a startup profile (also counted in `spans_fetched`).
+    pub prefetch_spans: u64,
+    /// Of those, spans a read found (each counted once).
+    pub prefetch_hits: u64,
+    /// Of those, spans no read has found (yet): `prefetch_spans - prefetch_hits`.
+    pub prefetch_wasted: u64,
+    /// Spans the fill (`Fetcher::fill`) covers.
+    pub fill_total: u64,
+    /// Of those, spans it has seen cached: fetched by it, found cached, or fetched by a read.
+    pub fill_done: u64,
 }
 
 /// Serves verified bytes of the layers of one archive. `Send + Sync`; share it by reference
@@ -325,6 +336,38 @@ impl Fetcher {
     /// bytes anywhere; returns once they are.
     pub fn fetch_range(&self, layer: u32, range: Range<u64>) -> Result<(), FetchError> {
         self.shared.fetch_range(layer, range)
+    }
+
+    /// Starts fetching `spans` — (layer, span index) pairs, a startup profile's spans in its
+    /// order — in the background, coalescing neighbours, over the background workers in
+    /// parallel, below reads and above readahead. Returns at once, with how many spans were
+    /// queued (pairs that name no span are ignored). A read of a span in flight waits for that
+    /// fetch; cached spans are skipped. See the `prefetch_*` counters.
+    pub fn prefetch(&self, spans: &[(u32, usize)]) -> usize {
+        self.shared.prefetch(spans)
+    }
+
+    /// Starts fetching every span of the image not yet cached, at the lowest priority, at most
+    /// `rate` bytes per second when given, so that the node stops needing the registry.
+    /// Returns at once, with how many spans it covers; see `fill_total` and `fill_done`.
+    /// Dropping the fetcher cancels it, also mid-pause.
+    pub fn fill(&self, rate: Option<u64>) -> usize {
+        self.shared.fill(rate)
+    }
+
+    /// Tells the fetcher that a request to its registry made elsewhere (a probe before
+    /// mounting) failed with `error`: a transient failure starts an outage just as one of its
+    /// own fetches would (announced once in the log); others are logged.
+    pub fn note_registry_failure(&self, error: &clip_registry::RegistryError) {
+        if let Some(l) = self.shared.layers.first() {
+            self.shared.source_failed(l, error);
+        }
+    }
+
+    /// Whether the registry is failing now with errors that pass (unreachable, 5xx): an
+    /// outage, announced once in the log. Failures during it need no log line of their own.
+    pub fn registry_unreachable(&self) -> bool {
+        self.shared.in_outage()
     }
 
     /// Waits until no background fetch (readahead included) is queued or running and the cache

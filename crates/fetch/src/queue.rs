@@ -1,10 +1,10 @@
 //! The scheduler: background jobs queued by priority, and the worker threads that run them.
 //!
 //! **Priorities.** [`Priority`] lists the kinds of work from the most to the least urgent: a
-//! free worker takes the first job of the most urgent non-empty queue it may run. Today there
-//! are two: demand (fetches a reader waits for) and readahead. Another kind of background work
-//! (prefetch of a list of files, between the two) is one more variant in its place in the
-//! enum: the queues, the counts and the rule below already work per priority.
+//! free worker takes the first job of the most urgent non-empty queue it may run: demand
+//! (fetches a reader waits for), prefetch (a startup profile replayed), readahead (ahead of a
+//! sequential reader), fill (the rest of the image, `--prefetch all`). Within a priority, jobs
+//! run in the order they were queued.
 //!
 //! **Background never starves demand.** Every priority but [`Priority::Demand`] is
 //! *background*: background jobs run on at most `workers - 1` workers together, so one worker
@@ -33,13 +33,22 @@ use crate::sync::{lock, wait_while};
 pub(crate) enum Priority {
     /// A reader waits for it.
     Demand,
+    /// Spans a startup profile says the container will read.
+    Prefetch,
     /// Spans fetched ahead of a sequential reader.
     Readahead,
+    /// The rest of the image, so that the node no longer needs the registry.
+    Fill,
 }
 
 impl Priority {
     /// Every priority, most urgent first.
-    pub(crate) const ALL: [Priority; 2] = [Priority::Demand, Priority::Readahead];
+    pub(crate) const ALL: [Priority; 4] = [
+        Priority::Demand,
+        Priority::Prefetch,
+        Priority::Readahead,
+        Priority::Fill,
+    ];
 
     fn slot(self) -> usize {
         self as usize
@@ -141,6 +150,8 @@ pub(crate) struct Scheduler<J> {
     ready: Condvar,
     /// The queue became idle (or shut down).
     idle: Condvar,
+    /// Shut down (for jobs pausing in [`Scheduler::pause_until`]).
+    stopped: Condvar,
 }
 
 impl<J: Send + 'static> Scheduler<J> {
@@ -149,7 +160,17 @@ impl<J: Send + 'static> Scheduler<J> {
             queue: Mutex::new(Queue::new(workers.max(1))),
             ready: Condvar::new(),
             idle: Condvar::new(),
+            stopped: Condvar::new(),
         }
+    }
+
+    /// Pauses a job until `deadline` (a bandwidth bound); false, at once, when the scheduler
+    /// shuts down meanwhile.
+    pub(crate) fn pause_until(&self, deadline: Instant) -> bool {
+        let (q, _) = wait_while(&self.stopped, lock(&self.queue), Some(deadline), |q| {
+            !q.shutdown
+        });
+        !q.shutdown
     }
 
     /// Queues a job for a worker. When the scheduler is shut down, or already holds
@@ -206,6 +227,7 @@ impl<J: Send + 'static> Scheduler<J> {
         let dropped = lock(&self.queue).shut_down();
         self.ready.notify_all();
         self.idle.notify_all();
+        self.stopped.notify_all();
         drop(dropped);
     }
 
@@ -295,6 +317,32 @@ mod tests {
         let mut q = Queue::new(1);
         q.push(Priority::Readahead, 0, ANY).unwrap();
         assert_eq!(q.next(), None);
+    }
+
+    #[test]
+    fn priorities_in_order_and_fifo_within_one() {
+        let mut q = Queue::new(8);
+        q.push(Priority::Fill, "f1", ANY).unwrap();
+        q.push(Priority::Readahead, "r1", ANY).unwrap();
+        q.push(Priority::Prefetch, "p1", ANY).unwrap();
+        q.push(Priority::Prefetch, "p2", ANY).unwrap();
+        q.push(Priority::Demand, "d1", ANY).unwrap();
+        let order: Vec<_> = std::iter::from_fn(|| q.next().map(|(j, _)| j)).collect();
+        assert_eq!(order, ["d1", "p1", "p2", "r1", "f1"]);
+    }
+
+    #[test]
+    fn a_pause_ends_at_its_deadline_or_at_shutdown() {
+        let scheduler = Arc::new(Scheduler::<u32>::new(1));
+        assert!(scheduler.pause_until(Instant::now()));
+        let paused = {
+            let scheduler = scheduler.clone();
+            std::thread::spawn(move || {
+                scheduler.pause_until(Instant::now() + std::time::Duration::from_secs(3600))
+            })
+        };
+        scheduler.shutdown();
+        assert!(!paused.join().unwrap(), "shutdown ends the pause");
     }
 
     #[test]

@@ -188,6 +188,9 @@ impl Shared {
             }
         };
         bump(&self.counters.cache_hits, readies.len() as u64);
+        for span in &read.spans {
+            self.note_served(l, span.index);
+        }
         // A read served here counts for readahead like any other: a sequential reader of
         // read-ahead spans keeps the window moving.
         self.note_access(l, &read.spans, read.offset, read.end);
@@ -281,6 +284,9 @@ impl Shared {
             }
         }
         let readies = ready.into_iter().flatten().collect::<Vec<_>>();
+        for span in spans {
+            self.note_served(l, span.index);
+        }
         if readies.len() != spans.len() {
             // Unreachable: every span was filled by a hit or a wait.
             return Err(FetchError::Cancelled {

@@ -3,22 +3,20 @@
 //! background, topped up when half of the window is used (so that they come in batches,
 //! coalesced into fewer requests).
 //!
-//! A readahead job claims its spans one run at a time, right before fetching that run: a span
-//! further on is not held (with readers waiting on it) while earlier runs are fetched; a reader
-//! that wants it meanwhile claims and fetches it itself, at demand priority.
+//! A readahead job is a [`Job::Spans`]: it claims its spans one run at a time, right before
+//! fetching that run (see `run.rs`).
 //!
 //! # What it owns, what it must not touch
 //!
 //! Each layer's [`ReadaheadState`] (where the last read ended, the first span not yet handed
-//! to readahead) and the readahead jobs. It never blocks a reader: [`Shared::note_access`]
-//! only queues a job (dropped when too many are queued: readahead is a hint). Fetching is
-//! `run.rs`'s; which worker runs the job is the scheduler's.
+//! to readahead) and the choice of readahead jobs. It never blocks a reader:
+//! [`Shared::note_access`] only queues a job (dropped when too many are queued: readahead is a
+//! hint). Fetching is `run.rs`'s; which worker runs the job is the scheduler's.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::decode::span_len;
-use crate::fetcher::{LayerState, Pending, Shared};
+use crate::fetcher::{LayerState, Shared};
 use crate::queue::Priority;
 use crate::run::Job;
 use crate::SpanRef;
@@ -90,54 +88,11 @@ impl Shared {
             return;
         };
         if let Some(spans) = plan(&l.readahead, offset, end, last.index, ahead, l.span_count) {
-            let job = Job::Readahead {
+            let job = Job::Spans {
                 layer: l.index,
-                spans,
+                spans: spans.collect(),
             };
             self.submit(Priority::Readahead, job, MAX_QUEUED_READAHEAD);
-        }
-    }
-
-    /// Fetches whatever of `spans` is neither cached nor under way, a run at a time.
-    pub(crate) fn run_readahead(&self, l: &LayerState, spans: Range<usize>, priority: Priority) {
-        let Ok(table) = self.archive.spans(l.index) else {
-            return;
-        };
-        let mut run: Vec<Pending> = Vec::new();
-        for i in spans {
-            if self.scheduler.is_shutdown() {
-                return; // claims of `run` dropped: Cancelled
-            }
-            let Ok(info) = table.get(i) else {
-                break;
-            };
-            let span = SpanRef { index: i, info };
-            if span_len(&info) == 0 || l.cache.exists(&span) {
-                self.fetch_pending(l, &mut run, priority);
-                continue;
-            }
-            if !run.is_empty() && !self.can_join(l, &run, &span) {
-                self.fetch_pending(l, &mut run, priority);
-            }
-            let Some(claim) = self.try_claim(l, i) else {
-                self.fetch_pending(l, &mut run, priority);
-                continue;
-            };
-            // Published between the check and the claim?
-            if let Some(r) = self.cached_now(l, &span) {
-                claim.complete(Ok(r));
-                self.fetch_pending(l, &mut run, priority);
-                continue;
-            }
-            run.push(Pending { span, claim });
-        }
-        self.fetch_pending(l, &mut run, priority);
-    }
-
-    /// Fetches the run claimed so far, if any.
-    fn fetch_pending(&self, l: &LayerState, run: &mut Vec<Pending>, priority: Priority) {
-        if !run.is_empty() {
-            self.fetch_run(l, std::mem::take(run), priority);
         }
     }
 }

@@ -9,7 +9,6 @@
 //! of fetches (requests, bytes, spans, errors). It runs on worker threads only and holds no
 //! lock across the source's reads or the cache's writes. It never waits for a reader.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use clip_archive::Compression;
@@ -28,8 +27,12 @@ pub(crate) const MAX_BUFFERED_OUTPUT: u64 = 16 << 20;
 pub(crate) enum Job {
     /// Fetch these claimed, neighbouring spans (one request when they fit).
     Fetch { layer: u32, claims: Vec<Pending> },
-    /// Fetch whatever of these spans is neither cached nor under way (`readahead.rs`).
-    Readahead { layer: u32, spans: Range<usize> },
+    /// Background work (readahead, prefetch, fill): fetch whatever of these spans (in
+    /// increasing order) is neither cached nor under way, claiming one run at a time right
+    /// before fetching it — a span further on is not held (with readers waiting on it) while
+    /// earlier runs are fetched: a reader that wants it meanwhile fetches it itself, at demand
+    /// priority.
+    Spans { layer: u32, spans: Vec<usize> },
 }
 
 impl Shared {
@@ -55,11 +58,58 @@ impl Shared {
                     self.fetch_run(l, run, priority);
                 }
             }
-            Job::Readahead { layer, spans } => {
+            Job::Spans { layer, spans } => {
                 if let Ok(l) = self.layer(layer) {
-                    self.run_readahead(l, spans, priority);
+                    self.run_spans(l, &spans, priority);
                 }
             }
+        }
+    }
+
+    /// Runs a [`Job::Spans`].
+    fn run_spans(&self, l: &LayerState, spans: &[usize], priority: Priority) {
+        let Ok(table) = self.archive.spans(l.index) else {
+            return;
+        };
+        let mut run: Vec<Pending> = Vec::new();
+        for &i in spans {
+            if self.scheduler.is_shutdown() {
+                return; // claims of `run` dropped: Cancelled
+            }
+            let Ok(info) = table.get(i) else {
+                break;
+            };
+            let span = SpanRef { index: i, info };
+            if span_len(&info) == 0 || l.cache.exists(&span) {
+                self.handled_elsewhere(priority);
+                self.fetch_pending(l, &mut run, priority);
+                continue;
+            }
+            if !run.is_empty() && !self.can_join(l, &run, &span) {
+                self.fetch_pending(l, &mut run, priority);
+            }
+            let Some(claim) = self.try_claim(l, i) else {
+                // Someone fetches it already.
+                self.handled_elsewhere(priority);
+                self.fetch_pending(l, &mut run, priority);
+                continue;
+            };
+            // Published between the check and the claim?
+            if let Some(r) = self.cached_now(l, &span) {
+                claim.complete(Ok(r));
+                self.handled_elsewhere(priority);
+                self.fetch_pending(l, &mut run, priority);
+                continue;
+            }
+            run.push(Pending { span, claim });
+        }
+        self.fetch_pending(l, &mut run, priority);
+    }
+
+    /// Fetches the run claimed so far, if any.
+    fn fetch_pending(&self, l: &LayerState, run: &mut Vec<Pending>, priority: Priority) {
+        if !run.is_empty() {
+            self.fetch_run(l, std::mem::take(run), priority);
         }
     }
 
@@ -100,6 +150,10 @@ impl Shared {
         }
         if let [only] = run.as_slice() {
             if self.streams(l, &only.span) {
+                let size = only.span.info.compressed_end - only.span.info.compressed_offset;
+                if priority == Priority::Fill && !self.throttle(size) {
+                    return;
+                }
                 for Pending { span, claim } in run {
                     let result = self.stream_span(l, &span);
                     self.complete(l, claim, result, priority);
@@ -131,6 +185,9 @@ impl Shared {
             .unwrap_or(0);
         tracing::debug!(layer = %l.digest, spans = ?run.first().map(|p| p.span.index)..run.last().map(|p| p.span.index + 1),
             bytes = end - start, ?priority, "fetching spans");
+        if priority == Priority::Fill && !self.throttle(end - start) {
+            return; // shutting down: the claims are dropped (Cancelled)
+        }
         let fetched = if start < end {
             bump(&self.counters.registry_requests, 1);
             self.source.read_range(&l.digest, start..end)
@@ -138,9 +195,12 @@ impl Shared {
             Ok(Vec::new())
         };
         let bytes = match fetched {
-            Ok(bytes) => bytes,
+            Ok(bytes) => {
+                self.source_ok();
+                bytes
+            }
             Err(e) => {
-                tracing::warn!(layer = %l.digest, error = %e, "span fetch failed");
+                self.source_failed(l, &e);
                 let source = Arc::new(e);
                 for Pending { span, claim } in run {
                     let error = FetchError::Registry {
@@ -190,8 +250,11 @@ impl Shared {
         match &result {
             Ok(_) => {
                 bump(&self.counters.spans_fetched, 1);
-                if priority == Priority::Readahead {
-                    bump(&self.counters.readahead_spans, 1);
+                match priority {
+                    Priority::Readahead => bump(&self.counters.readahead_spans, 1),
+                    Priority::Prefetch => self.prefetched(l, claim.key().1),
+                    Priority::Fill => bump(&self.counters.fill_done, 1),
+                    Priority::Demand => {}
                 }
             }
             Err(e) => {

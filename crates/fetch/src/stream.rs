@@ -31,10 +31,13 @@ impl Shared {
     pub(crate) fn stream_span(&self, l: &LayerState, span: &SpanRef) -> FetchResult {
         let (i, info) = (span.index, &span.info);
         let len = span_len(info);
-        let registry_error = |error: RegistryError| FetchError::Registry {
-            layer_digest: l.digest.to_string(),
-            span: Some(i),
-            error: Arc::new(error),
+        let registry_error = |error: RegistryError| {
+            self.source_failed(l, &error);
+            FetchError::Registry {
+                layer_digest: l.digest.to_string(),
+                span: Some(i),
+                error: Arc::new(error),
+            }
         };
         tracing::debug!(layer = %l.digest, span = i, bytes = info.compressed_end - info.compressed_offset,
             "streaming a large span");

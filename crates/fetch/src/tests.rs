@@ -446,3 +446,136 @@ fn stats_serialize_with_their_field_names() {
         assert_eq!(json[field], 0, "{field}");
     }
 }
+
+#[test]
+fn a_profile_is_prefetched_coalesced_and_its_hits_counted() {
+    let s = setup(vec![plain(0, 20), plain(1, 20)]);
+    // Two workers: one background worker, so the prefetch runs its batches in order.
+    let f = s.fetcher(|o| o.workers = 2);
+    // Span 2 of layer 0 is cached already: skipped.
+    read_ok(&s, &f, 0, 2 * SPAN, SPAN);
+    let before = s.source.request_count();
+    let queued = f.prefetch(&[(0, 6), (0, 5), (1, 3), (0, 2), (0, 7), (0, 99), (7, 0)]);
+    assert_eq!(queued, 5, "pairs that name no span are ignored");
+    assert!(f.wait_idle(WAIT));
+    // Neighbours coalesced (5..8 in one request), in layer order within the batch.
+    let mut got = ranges(&s.source)[before..].to_vec();
+    got.sort_by_key(|r| r.start);
+    assert_eq!(got, [3 * SPAN as u64..4 * SPAN as u64, 5000..8000]);
+    let stats = f.stats();
+    assert_eq!((stats.prefetch_spans, stats.prefetch_hits), (4, 0));
+    assert_eq!(stats.prefetch_wasted, 4);
+    // A read of prefetched spans is served from the cache, and hits once per span.
+    let requests = s.source.request_count();
+    read_ok(&s, &f, 0, 5 * SPAN, 2 * SPAN);
+    read_ok(&s, &f, 0, 5 * SPAN, SPAN);
+    let mut buf = vec![0; SPAN];
+    assert_eq!(
+        f.read_cached(1, 3 * SPAN as u64, &mut buf)
+            .unwrap()
+            .unwrap(),
+        SPAN
+    );
+    assert_eq!(s.source.request_count(), requests);
+    let stats = f.stats();
+    assert_eq!((stats.prefetch_hits, stats.prefetch_wasted), (3, 1));
+    // A span not prefetched is no hit.
+    read_ok(&s, &f, 0, 12 * SPAN, SPAN);
+    assert_eq!(f.stats().prefetch_hits, 3);
+}
+
+#[test]
+fn a_read_of_a_span_in_flight_for_the_prefetch_waits_for_it() {
+    let s = setup(vec![plain(0, 8)]);
+    let f = s.fetcher(|o| o.workers = 2);
+    s.source.hold();
+    f.prefetch(&[(0, 3)]);
+    assert!(s.source.wait_for_requests(1, WAIT));
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read_ok(&s, &f, 0, 3 * SPAN, SPAN));
+        until("the reader joined the fetch", || {
+            f.stats().cache_misses == 1
+        });
+        s.source.release();
+        reader.join().unwrap();
+    });
+    assert_eq!(ranges(&s.source), [3000..4000], "fetched once");
+    let stats = f.stats();
+    assert_eq!((stats.prefetch_spans, stats.prefetch_hits), (1, 1));
+}
+
+#[test]
+fn reads_go_before_the_prefetch_and_fetch_what_it_has_not_claimed() {
+    let s = setup(vec![plain(0, 8), plain(1, 8)]);
+    let f = s.fetcher(|o| o.workers = 2);
+    // The prefetch's first batch stalls on layer 0; its later batches wait behind it.
+    s.source.hold_blob(&s.digest(0));
+    let mut profile = vec![(0, 0)];
+    profile.extend((0..40).map(|i| (1, i % 8)));
+    f.prefetch(&profile);
+    assert!(s.source.wait_for_requests(1, WAIT));
+    // A read of layer 1 does not wait for the prefetch: it fetches the span itself.
+    read_ok(&s, &f, 1, 4 * SPAN, SPAN);
+    s.source.release();
+    assert!(f.wait_idle(WAIT));
+    // And the prefetch did not fetch that span again.
+    let layer1: Vec<_> = s
+        .source
+        .requests()
+        .into_iter()
+        .filter_map(|r| match r {
+            Request::Range { digest, range } if digest == s.digest(1) => Some(range),
+            _ => None,
+        })
+        .collect();
+    let fetched: u64 = layer1.iter().map(|r| r.end - r.start).sum();
+    assert_eq!(
+        fetched,
+        8 * SPAN as u64,
+        "each span of layer 1 once: {layer1:?}"
+    );
+}
+
+#[test]
+fn the_fill_fetches_what_is_not_cached() {
+    let s = setup(vec![plain(0, 10), plain(1, 10)]);
+    let f = s.fetcher(|_| {});
+    read_ok(&s, &f, 1, 0, SPAN);
+    assert_eq!(f.fill(None), 20);
+    assert!(f.wait_idle(WAIT));
+    let stats = f.stats();
+    assert_eq!((stats.fill_total, stats.fill_done), (20, 20));
+    assert_eq!(
+        stats.spans_fetched, 20,
+        "the span read first is not fetched again"
+    );
+    // Everything is local now.
+    let requests = s.source.request_count();
+    read_ok(&s, &f, 0, 0, 10 * SPAN);
+    read_ok(&s, &f, 1, 0, 10 * SPAN);
+    assert_eq!(s.source.request_count(), requests);
+}
+
+#[test]
+fn a_fill_paused_by_its_rate_ends_with_the_fetcher() {
+    let s = setup(vec![plain(0, 10)]);
+    let shared = s.shared(|o| {
+        o.max_request_bytes = SPAN as u64;
+        o.workers = 2;
+    });
+    // One span's worth of burst, then a byte a second: the second request would wait 1000 s.
+    shared.fill(Some(1));
+    until("the first span is fetched", || {
+        shared.stats().fill_done == 1
+    });
+    assert_eq!(s.source.request_count(), 1);
+    shared.shutdown();
+    until("the paused fill ended", || {
+        shared.scheduler.wait_idle(Some(Instant::now()))
+    });
+    assert_eq!(
+        s.source.request_count(),
+        1,
+        "nothing sent after the shutdown"
+    );
+}

@@ -59,6 +59,9 @@ pub struct ContentError {
     pub errno: i32,
     /// What went wrong, naming the layer, span or offset (logged, never shown to the reader).
     pub message: String,
+    /// The source has reported this failure in its log already (an outage it announced once,
+    /// say): the filesystem logs it at debug level only, so that one cause is one log line.
+    pub logged: bool,
 }
 
 impl ContentError {
@@ -67,12 +70,19 @@ impl ContentError {
         ContentError {
             errno,
             message: message.into(),
+            logged: false,
         }
     }
 
     /// An `EIO` error: the usual answer for a fetch that failed or did not verify.
     pub fn io(message: impl Into<String>) -> Self {
         ContentError::new(libc::EIO, message)
+    }
+
+    /// The same error, marked as reported in the source's log already.
+    pub fn already_logged(mut self) -> Self {
+        self.logged = true;
+        self
     }
 
     /// The errno to report: `errno` when it is positive, else `EIO`.

@@ -116,6 +116,11 @@ impl FsError {
         }
     }
 
+    /// Whether the cause was logged already where it arose (see [`ContentError::logged`]).
+    pub fn is_reported(&self) -> bool {
+        matches!(self, FsError::Content { source, .. } if source.logged)
+    }
+
     /// True for failures worth a log line at warning level: the archive or the content source
     /// let the reader down. False for the ordinary answers (`ENOTDIR`, `ENODATA`, ...).
     pub fn is_fault(&self) -> bool {

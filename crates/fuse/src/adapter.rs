@@ -130,9 +130,9 @@ fn panicked(op: &str, ino: u64, offset: u64, panic: &(dyn Any + Send)) {
 }
 
 /// The errno for the kernel; faults (archive, content source) are logged as warnings, with
-/// their causes.
+/// their causes, unless their source reported them already.
 fn fail(op: &str, ino: u64, err: &FsError) -> Errno {
-    if err.is_fault() {
+    if err.is_fault() && !err.is_reported() {
         let mut message = err.to_string();
         let mut source = std::error::Error::source(err);
         while let Some(cause) = source {

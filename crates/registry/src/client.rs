@@ -484,7 +484,8 @@ impl Client {
                 Err(f) if f.error.is_transient() => {
                     match attempts.failed(&self.inner.opts.retry, f.retry_after) {
                         Some(delay) => {
-                            tracing::warn!(
+                            // Not a warning: the caller reports the failure that stays.
+                            tracing::debug!(
                                 url,
                                 attempt = attempts.failures,
                                 error = %f.error,

@@ -287,6 +287,19 @@ impl Mount {
         serde_json::from_str(&run.stdout()).expect("stats JSON")
     }
 
+    /// `clip stats DIR --json --wait`: once nothing is fetched in the background.
+    pub fn stats_when_idle(&self) -> Value {
+        let run = clip(&[
+            "stats",
+            "--json",
+            "--wait",
+            "600",
+            self.dir.to_str().expect("utf-8"),
+        ])
+        .success();
+        serde_json::from_str(&run.stdout()).expect("stats JSON")
+    }
+
     /// Unmounts with `clip umount`, waits for the process and returns what it logged.
     pub fn unmount(mut self) -> String {
         let run = clip(&["umount", self.dir.to_str().expect("utf-8")]);
