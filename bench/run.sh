@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Benchmark: a container's cold start on a "second node" — one that never saw the image, with
-# empty caches — by `clip run IMAGE` (the index pulled from the registry, where CI pushed it)
-# against `skopeo copy` + `umoci unpack` + `runc run`, measured side by side in one run, on
-# plain loopback and again with the registry behind a shaped link (its own network namespace,
-# veth pair, 1 Gbit/s, 5 ms each way). The image: a multi-layer Debian-like userland with a
+# Benchmark: a container's start on a "second node" — one that never saw the image: empty
+# caches, the index (and startup profile) pulled from the registry, where CI pushed them —
+# measured side by side in one run, on plain loopback and again with the registry behind a
+# shaped link (its own network namespace, veth pair, 1 Gbit/s, 5 ms each way):
+#
+#   cold, no profile    clip run --no-prefetch IMAGE CMD      (empty cache)
+#   cold, profile       clip run IMAGE CMD                    (empty cache, profile replayed)
+#   warm                clip run IMAGE CMD                    (the cache of the run before)
+#   local tree          runc run on the unpacked image        (page cache warm)
+#   full pull           skopeo copy + umoci unpack + runc run
+#
+# with the bytes each fetched from the registry: layer bytes (spans) and the rest (manifest,
+# config, referrers, index, profile). The image: a multi-layer Debian-like userland with a
 # Python interpreter (≥ 500 MB compressed) built from this machine's /usr; the command starts
-# Python and imports a few modules of its standard library.
+# Python and imports a few modules of its standard library. The floor: the files that start
+# opens (strace on the unpacked tree), each gzip-compressed on its own.
 #
 #   bench/run.sh        (root; needs scripts/setup-debian.sh)
 #
-# Prints the times, their ratio, the bytes each fetched and the share of clip's bytes that was
-# the index download. SPEC target: ≥ 10× faster than the pull path on the shaped link, index
-# download included.
+# Targets (issue 8): cold start with a profile ≤ 1.5× the warm start and ≥ 10× faster than the
+# full pull on the shaped link; layer bytes fetched ≤ 1.5× the floor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -26,56 +34,88 @@ cleanup_bench() {
 trap cleanup_bench EXIT
 
 build_python_image
-layers=("${PY_LAYERS[@]}")
-compressed=$PY_COMPRESSED
-CMD=("${PY_CMD[@]}")
-
 start_registry 0.0.0.0
-push_image bench/py:latest "${layers[@]}"
-# "CI": index the image once and push the index beside it (not timed: done once per image).
+push_image bench/py:latest "${PY_LAYERS[@]}"
+layer_digests=$(for l in "${PY_LAYERS[@]}"; do sha256sum "$l" | cut -d' ' -f1; done | paste -sd'|')
+
+# "CI": index the image once and push the index beside it; record the start once and push the
+# profile beside it (neither is timed: done once per image).
 CLIP_CACHE_DIR=$BENCH_TMP/ci-cache "$CLIP" index --push --quiet "$REGISTRY/bench/py:latest"
+CLIP_CACHE_DIR=$BENCH_TMP/ci-cache "$CLIP" run --record --push "$REGISTRY/bench/py:latest" \
+  "${PY_CMD[@]}" >/dev/null 2>"$BENCH_TMP/record.err" </dev/null || { cat "$BENCH_TMP/record.err"; exit 1; }
 
-cold_start() { # cold_start REGISTRY_ADDR LOG label
-  local reg=$1 log=$2 label=$3 t0 t1 since before after
-  local image=$reg/bench/py:latest
+# The local tree (the oracle of the output, and the floor).
+skopeo copy -q --src-tls-verify=false "docker://$REGISTRY/bench/py:latest" "oci:$BENCH_TMP/local:latest"
+umoci unpack --image "$BENCH_TMP/local:latest" "$BENCH_TMP/local" >/dev/null
+bundle_for "$BENCH_TMP/local"
+start_floor "$BENCH_TMP/local"
 
-  # clip: a node with an empty cache and no image mount.
-  rm -rf "$BENCH_TMP/node-cache"
+# clip_start LOG LABEL CACHE ARGS...: one clip run; sets SECS, LAYER_BYTES, OTHER_BYTES.
+clip_start() {
+  local log=$1 label=$2 cache=$3 t0 t1 since until; shift 3
   since=$(wc -l < "$log")
-  before=$(registry_bytes "$log")
   t0=$(now)
-  "$CLIP" run --insecure --cache-dir "$BENCH_TMP/node-cache" --no-index "$image" "${CMD[@]}" \
-    > "$BENCH_TMP/out1" 2> "$BENCH_TMP/run.err" </dev/null || { cat "$BENCH_TMP/run.err"; return 1; }
+  "$CLIP" run --insecure --cache-dir "$cache" --no-index "$@" "$image" "${PY_CMD[@]}" \
+    > "$BENCH_TMP/out.$label" 2> "$BENCH_TMP/err.$label" </dev/null || { cat "$BENCH_TMP/err.$label"; return 1; }
   t1=$(now)
-  after=$(registry_bytes "$log")
-  clip_secs=$(elapsed "$t0" "$t1"); clip_bytes=$((after - before))
-  # The index download: the referrers tag's index, the artifact's manifest and its blob.
-  index_bytes=$(index_download_bytes "$log" "$since" "$image" "$BENCH_TMP/node-cache")
+  until=$(wc -l < "$log")
+  SECS=$(elapsed "$t0" "$t1")
+  LAYER_BYTES=$(bytes_matching "$log" "$since" "$until" "$layer_digests")
+  OTHER_BYTES=$(($(bytes_matching "$log" "$since" "$until" ".") - LAYER_BYTES))
+  cmp -s "$BENCH_TMP/out.$label" "$BENCH_TMP/local.out" || { echo "clip run ($label) printed other things!"; diff "$BENCH_TMP/out.$label" "$BENCH_TMP/local.out"; }
+}
 
-  # Full pull: skopeo copy + umoci unpack + runc run.
-  rm -rf "$BENCH_TMP/oci" "$BENCH_TMP/unpacked" "$BENCH_TMP/bundle"
+row() { # row LABEL SECS LAYER_BYTES OTHER_BYTES
+  printf '  %-40s %8.2f s  %12s %12s  %8.1fx\n' "$1" "$2" "$3" "$4" "$(echo "$pull_secs / $2" | bc -l)"
+}
+
+start() { # start REGISTRY_ADDR LOG LABEL
+  local reg=$1 log=$2 label=$3 t0 t1 before
+  image=$reg/bench/py:latest
+
+  # Local tree: runc on the unpacked image, twice (the second, with a warm page cache, counts).
+  for _ in 1 2; do
+    t0=$(now)
+    runc run --bundle "$BENCH_TMP/local" "clip-bench-$$" > "$BENCH_TMP/local.out" </dev/null
+    t1=$(now)
+  done
+  local_secs=$(elapsed "$t0" "$t1")
+
+  # Full pull.
+  rm -rf "$BENCH_TMP/oci" "$BENCH_TMP/bundle"
   before=$(registry_bytes "$log")
   t0=$(now)
   skopeo copy -q --src-tls-verify=false "docker://$image" "oci:$BENCH_TMP/oci:latest"
   umoci unpack --image "$BENCH_TMP/oci:latest" "$BENCH_TMP/bundle" >/dev/null
   bundle_for "$BENCH_TMP/bundle"
-  runc run --bundle "$BENCH_TMP/bundle" "clip-bench-$$" > "$BENCH_TMP/out2" </dev/null
+  runc run --bundle "$BENCH_TMP/bundle" "clip-bench-$$" > "$BENCH_TMP/pull.out" </dev/null
   t1=$(now)
-  after=$(registry_bytes "$log")
-  pull_secs=$(elapsed "$t0" "$t1"); pull_bytes=$((after - before))
-  cmp -s "$BENCH_TMP/out1" "$BENCH_TMP/out2" || { echo "container output differs!"; diff "$BENCH_TMP/out1" "$BENCH_TMP/out2"; }
+  pull_secs=$(elapsed "$t0" "$t1")
+  pull_bytes=$(($(registry_bytes "$log") - before))
+
+  rm -rf "$BENCH_TMP/cold1" "$BENCH_TMP/cold2"
+  clip_start "$log" cold1 "$BENCH_TMP/cold1" --no-prefetch
+  local cold1=($SECS $LAYER_BYTES $OTHER_BYTES)
+  clip_start "$log" cold2 "$BENCH_TMP/cold2"
+  local cold2=($SECS $LAYER_BYTES $OTHER_BYTES)
+  clip_start "$log" warm "$BENCH_TMP/cold2"
+  local warm=($SECS $LAYER_BYTES $OTHER_BYTES)
+  local profile_spans
+  profile_spans=$("$CLIP" inspect --json --cache-dir "$BENCH_TMP/cold2" --no-index "$image" | jq -r '.profile.spans')
 
   printf '\n%s\n' "$label"
-  printf '  %-50s %8.2f s  %12s bytes fetched\n' "full pull: skopeo copy + umoci unpack + runc run" "$pull_secs" "$pull_bytes"
-  printf '  %-50s %8.2f s  %12s bytes fetched\n' "clip run IMAGE (empty cache, index pulled)" "$clip_secs" "$clip_bytes"
-  printf '  %-50s %8.1fx (target ≥ 10x on the shaped link)\n' "speed-up" "$(echo "$pull_secs / $clip_secs" | bc -l)"
-  printf '  %-50s %8.2f %% of %s compressed bytes\n' "fetched by clip" \
-    "$(echo "100 * $clip_bytes / $compressed" | bc -l)" "$compressed"
-  printf '  %-50s %8.1f %% of clip'"'"'s bytes (%s bytes)\n' "of which the index download" \
-    "$(echo "100 * $index_bytes / $clip_bytes" | bc -l)" "$index_bytes"
-  printf '  container printed: %s\n' "$(cat "$BENCH_TMP/out1")"
+  printf '  %-40s %10s  %12s %12s  %9s\n' "" "start" "layer bytes" "other bytes" "vs pull"
+  row "full pull: skopeo + umoci + runc" "$pull_secs" "$pull_bytes" 0
+  row "clip run, cold, no profile" "${cold1[@]}"
+  row "clip run, cold, profile ($profile_spans spans)" "${cold2[@]}"
+  row "clip run, warm" "${warm[@]}"
+  row "runc on the local tree" "$local_secs" 0 0
+  printf '  cold with profile / warm: %.2fx (target ≤ 1.5x)\n' "$(echo "${cold2[0]} / ${warm[0]}" | bc -l)"
+  printf '  layer bytes / floor: no profile %.2fx, profile %.2fx (floor: %s files, %s bytes, %s gzipped; target ≤ 1.5x)\n' \
+    "$(echo "${cold1[1]} / $FLOOR_GZIP" | bc -l)" "$(echo "${cold2[1]} / $FLOOR_GZIP" | bc -l)" \
+    "$FLOOR_FILES" "$FLOOR_BYTES" "$FLOOR_GZIP"
 }
 
-cold_start "$REGISTRY" "$BENCH_TMP/registry.log" "cold start on a second node, registry on loopback"
+start "$REGISTRY" "$BENCH_TMP/registry.log" "second node, registry on loopback"
 start_shaped_registry
-cold_start "$SHAPED" "$SHAPED_LOG" "cold start on a second node, registry in its own netns behind veth, tbf 1 Gbit/s, $DELAY each way"
+start "$SHAPED" "$SHAPED_LOG" "second node, registry in its own netns behind veth, tbf 1 Gbit/s, $DELAY each way"
