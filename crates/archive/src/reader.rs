@@ -350,7 +350,7 @@ impl<'a> SpanTable<'a> {
             || (raw_len == 0 && (rec.window_offset.get() != 0 || rec.window_digest != [0; 32]))
         {
             return Err(bad(
-                "a window without bytes, or bytes without a window".to_string(),
+                "a window without bytes, or bytes without a window".to_string()
             ));
         }
         Ok(SpanInfo {

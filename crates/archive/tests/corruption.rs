@@ -53,8 +53,15 @@ fn every_truncation_is_an_error_but_the_metadata_alone() {
     // The metadata alone is a metadata-only index: everything but the windows.
     let only = Archive::open(&bytes[..metadata]).unwrap();
     assert!(!only.has_windows());
-    assert_eq!(only.window(0, 0).unwrap(), Vec::<u8>::new(), "span 0 has no window");
-    assert!(matches!(only.window(0, 1), Err(ArchiveError::WindowsAbsent)));
+    assert_eq!(
+        only.window(0, 0).unwrap(),
+        Vec::<u8>::new(),
+        "span 0 has no window"
+    );
+    assert!(matches!(
+        only.window(0, 1),
+        Err(ArchiveError::WindowsAbsent)
+    ));
     let w = only.window_ref(0, 1).unwrap().unwrap();
     let complete = Archive::open(&bytes).unwrap();
     let packed = &bytes[w.offset as usize..w.offset as usize + w.len as usize];
@@ -72,11 +79,16 @@ fn a_damaged_window_fails_when_it_is_read_and_nothing_else_does() {
         copy[i] ^= 0x01;
         let a = Archive::open(&copy).expect("the windows are outside the checksum");
         assert!(
-            matches!(a.window(0, 1), Err(ArchiveError::WindowMismatch { layer: 0, span: 1 })),
+            matches!(
+                a.window(0, 1),
+                Err(ArchiveError::WindowMismatch { layer: 0, span: 1 })
+            ),
             "flip at {i}"
         );
         let w = a.window_ref(0, 1).unwrap().unwrap();
-        assert!(w.unpack(&copy[w.offset as usize..][..w.len as usize]).is_err());
+        assert!(w
+            .unpack(&copy[w.offset as usize..][..w.len as usize])
+            .is_err());
     }
 }
 

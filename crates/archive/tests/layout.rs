@@ -170,7 +170,10 @@ fn bytes_follow_the_documented_layout() {
     assert_eq!(zstd::bulk::decompress(windows, 64).unwrap(), vec![7; 64]);
     // Spans without a window: offset, lengths and digest all zero.
     let first = &spans[..144];
-    assert_eq!((u64_at(first, 24), u32_at(first, 32), u32_at(first, 36)), (0, 0, 0));
+    assert_eq!(
+        (u64_at(first, 24), u32_at(first, 32), u32_at(first, 36)),
+        (0, 0, 0)
+    );
     assert!(first[112..144].iter().all(|&x| x == 0));
 }
 

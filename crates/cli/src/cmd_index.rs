@@ -73,8 +73,10 @@ pub fn run(args: Args) -> Result<()> {
         None
     };
     let origin = match &pushed {
+        // The complete file is kept: its windows are local.
         Some(p) => clip_store::Origin::Registry {
             artifact: p.artifact.digest.clone(),
+            blob: None,
         },
         None => clip_store::Origin::Local,
     };

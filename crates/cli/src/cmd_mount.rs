@@ -54,6 +54,10 @@ pub struct Args {
     /// was (used by --daemon).
     #[arg(long, hide = true)]
     pub from_image: Option<String>,
+    /// Internal: the complete index blob in the image's repository, when IMAGE (a located
+    /// .clip file) holds only the metadata (used by --daemon).
+    #[arg(long, hide = true)]
+    pub windows_blob: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -285,6 +289,7 @@ pub fn run(args: Args) -> Result<()> {
                 path: PathBuf::from(&args.image),
                 found: Found::File,
                 image: Some(image.parse()?),
+                windows_blob: args.windows_blob.clone(),
             },
             None => locate(&args.image, &args.source, args.daemon)?,
         };
@@ -375,6 +380,9 @@ pub fn spawn_daemon(
     if let Some(image) = &located.image {
         cmd.arg("--from-image").arg(image.to_string());
     }
+    if let Some(blob) = &located.windows_blob {
+        cmd.arg("--windows-blob").arg(blob);
+    }
     if allow_other {
         cmd.arg("--allow-other");
     }
@@ -425,6 +433,13 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     // Opening checked the whole file; let those pages go until something needs them.
     mapping.release_pages();
     drop(mapping);
+    if !archive.has_windows() && located.windows_blob.is_none() {
+        bail!(
+            "{}: {}",
+            path.display(),
+            clip_archive::ArchiveError::WindowsAbsent
+        );
+    }
     if !args.dir.exists() {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
@@ -467,6 +482,7 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
             max_bytes: args.serve.cache_size,
         },
         read_timeout: timeout,
+        windows_blob: located.windows_blob.clone(),
         ..FetchOptions::default()
     };
     let fetcher = Arc::new(

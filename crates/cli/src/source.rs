@@ -101,6 +101,8 @@ pub enum Found {
     Registry {
         artifact: String,
         via: ReferrersSource,
+        /// The index blob, when only its metadata was downloaded.
+        blob: Option<String>,
     },
     /// Made now, the registry having none.
     IndexedHere,
@@ -123,11 +125,13 @@ impl Found {
         };
         match self {
             Found::File => "the file given".to_string(),
-            Found::Store(Origin::Registry { artifact }) => {
+            Found::Store(Origin::Registry { artifact, .. }) => {
                 format!("the local index store (downloaded from the registry, artifact {artifact})")
             }
             Found::Store(Origin::Local) => "the local index store (indexed here)".to_string(),
-            Found::Registry { artifact, via: v } => {
+            Found::Registry {
+                artifact, via: v, ..
+            } => {
                 format!(
                     "the image's registry (artifact {artifact}, found through {})",
                     via(v)
@@ -147,7 +151,7 @@ impl Found {
         match self {
             Found::File => serde_json::json!({"source": "file"}),
             Found::Store(origin) => serde_json::json!({"source": "store", "origin": origin}),
-            Found::Registry { artifact, via } => serde_json::json!({
+            Found::Registry { artifact, via, .. } => serde_json::json!({
                 "source": "registry",
                 "artifact": artifact,
                 "via": match via { ReferrersSource::Api => "referrers-api", ReferrersSource::TagSchema => "referrers-tag" },
@@ -177,6 +181,9 @@ pub struct Located {
     pub found: Found,
     /// The image reference typed, when it was one (its registry is the user's choice).
     pub image: Option<Reference>,
+    /// The complete index blob in the image's repository, when `path` holds only the
+    /// metadata: where the mount reads seek windows from.
+    pub windows_blob: Option<String>,
 }
 
 impl Located {
@@ -198,6 +205,7 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
             path: as_path.to_path_buf(),
             found: Found::File,
             image: None,
+            windows_blob: None,
         });
     }
     let reference: Reference = arg
@@ -220,6 +228,15 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
         None => args.registry.client_for(&reference)?,
     };
     let located = |path: PathBuf, found: Found| Located {
+        windows_blob: match &found {
+            Found::Store(Origin::Registry { blob, .. })
+            | Found::Remembered {
+                origin: Origin::Registry { blob, .. },
+                ..
+            } => blob.clone(),
+            Found::Registry { blob, .. } => blob.clone(),
+            _ => None,
+        },
         path,
         found,
         image: Some(reference.clone()),
@@ -291,6 +308,10 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
             Found::Registry {
                 artifact: found.artifact.digest,
                 via: found.via,
+                blob: match stored.origin {
+                    Origin::Registry { blob, .. } => blob,
+                    Origin::Local => None,
+                },
             },
         ));
     }

@@ -125,7 +125,7 @@ impl Shared {
                 Ok(readies) => readies,
                 // Bytes that did not verify may have come from a mirror: with the mirrors now
                 // out of use, fetch once more, from the registry itself.
-                Err(FetchError::DigestMismatch { .. })
+                Err(FetchError::DigestMismatch { .. } | FetchError::WindowMismatch { .. })
                     if !refetched && self.source.has_mirrors() =>
                 {
                     refetched = true;

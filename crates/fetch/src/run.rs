@@ -188,16 +188,48 @@ impl Shared {
         if priority == Priority::Fill && !self.throttle(end - start) {
             return; // shutting down: the claims are dropped (Cancelled)
         }
-        let fetched = if start < end {
-            bump(&self.counters.registry_requests, 1);
-            self.source.read_range(&l.digest, start..end)
-        } else {
-            Ok(Vec::new())
+        // The windows of the run, when the archive keeps them in the index blob: one more
+        // range read, at the same time as the run's own.
+        let windows_range = self.windows_range(l, run.iter().map(|p| p.span.index));
+        let read_layer = || {
+            if start < end {
+                bump(&self.counters.registry_requests, 1);
+                self.source.read_range(&l.digest, start..end)
+            } else {
+                Ok(Vec::new())
+            }
         };
-        let bytes = match fetched {
-            Ok(bytes) => {
+        let (fetched, windows) = match &windows_range {
+            None => (read_layer(), None),
+            Some((blob, range)) => std::thread::scope(|scope| {
+                let windows = scope.spawn(|| {
+                    bump(&self.counters.registry_requests, 1);
+                    self.source.read_range(blob, range.clone())
+                });
+                let fetched = read_layer();
+                let windows = windows.join().unwrap_or_else(|_| {
+                    Err(RegistryError::Protocol {
+                        url: blob.clone(),
+                        detail: "the window read panicked".to_string(),
+                    })
+                });
+                (fetched, Some(windows))
+            }),
+        };
+        // Either read failing fails the run (its claims: the readers try again).
+        let fetched = match windows {
+            Some(Err(e)) => Err(e),
+            Some(Ok(w)) => fetched.map(|bytes| {
+                bump(&self.counters.window_bytes_fetched, w.len() as u64);
+                let at = windows_range.as_ref().map_or(0, |(_, r)| r.start);
+                (bytes, Some((at, w)))
+            }),
+            None => fetched.map(|bytes| (bytes, None)),
+        };
+        let (bytes, windows) = match fetched {
+            Ok(fetched) => {
                 self.source_ok();
-                bytes
+                fetched
             }
             Err(e) => {
                 self.source_failed(l, &e);
@@ -221,7 +253,7 @@ impl Shared {
                 .zip(usize::try_from(info.compressed_end - start).ok())
                 .and_then(|(a, b)| bytes.get(a..b));
             let result = match slice {
-                Some(compressed) => self.finish_span(l, &span, compressed),
+                Some(compressed) => self.finish_span(l, &span, compressed, windows.as_ref()),
                 None => Err(FetchError::Registry {
                     layer_digest: l.digest.to_string(),
                     span: Some(span.index),
@@ -266,8 +298,14 @@ impl Shared {
     }
 
     /// Verifies, decodes and caches one span from exactly its compressed bytes.
-    fn finish_span(&self, l: &LayerState, span: &SpanRef, compressed: &[u8]) -> FetchResult {
-        let window = self.window(l, span)?;
+    fn finish_span(
+        &self,
+        l: &LayerState,
+        span: &SpanRef,
+        compressed: &[u8],
+        windows: Option<&(u64, Vec<u8>)>,
+    ) -> FetchResult {
+        let window = self.window(l, span, windows)?;
         let content = match decode_span(l.compression, &span.info, &window, compressed) {
             Ok(content) => content,
             Err(DecodeError::DigestMismatch { found }) => {
