@@ -151,9 +151,14 @@ impl Found {
         match self {
             Found::File => serde_json::json!({"source": "file"}),
             Found::Store(origin) => serde_json::json!({"source": "store", "origin": origin}),
-            Found::Registry { artifact, via, .. } => serde_json::json!({
+            Found::Registry {
+                artifact,
+                via,
+                blob,
+            } => serde_json::json!({
                 "source": "registry",
                 "artifact": artifact,
+                "blob": blob,
                 "via": match via { ReferrersSource::Api => "referrers-api", ReferrersSource::TagSchema => "referrers-tag" },
             }),
             Found::IndexedHere => serde_json::json!({"source": "indexed-here"}),

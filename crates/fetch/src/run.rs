@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clip_archive::Compression;
 use clip_registry::RegistryError;
 
-use crate::decode::{decode_span, span_len, DecodeError, MAX_GZIP_SPAN};
+use crate::decode::{decode_gzip_run, decode_span, span_len, DecodeError, MAX_GZIP_SPAN};
 use crate::fetcher::{bump, FetchResult, LayerState, Pending, Ready, Shared};
 use crate::queue::Priority;
 use crate::{FetchError, SpanRef};
@@ -129,6 +129,13 @@ impl Shared {
                 .max(last.span.info.compressed_end)
                 .saturating_sub(first.span.info.compressed_offset)
                 <= self.options.max_request_bytes
+            // A gzip run is inflated in one pass, in memory.
+            && (l.compression != Compression::Gzip
+                || span
+                    .info
+                    .uncompressed_end
+                    .saturating_sub(first.span.info.uncompressed_offset)
+                    <= MAX_GZIP_SPAN)
     }
 
     /// Whether a span is streamed into the cache rather than decoded in memory.
@@ -188,9 +195,10 @@ impl Shared {
         if priority == Priority::Fill && !self.throttle(end - start) {
             return; // shutting down: the claims are dropped (Cancelled)
         }
-        // The windows of the run, when the archive keeps them in the index blob: one more
-        // range read, at the same time as the run's own.
-        let windows_range = self.windows_range(l, run.iter().map(|p| p.span.index));
+        // The window the run needs (a gzip run is inflated in one pass from its first
+        // checkpoint), when the archive keeps it in the index blob: one more range read, at
+        // the same time as the run's own.
+        let windows_range = self.windows_range(l, run.first().map(|p| p.span.index).into_iter());
         let read_layer = || {
             if start < end {
                 bump(&self.counters.registry_requests, 1);
@@ -246,6 +254,10 @@ impl Shared {
             }
         };
         bump(&self.counters.bytes_fetched, bytes.len() as u64);
+        if l.compression == Compression::Gzip && run.len() > 1 {
+            self.finish_gzip_run(l, run, &bytes, start, windows.as_ref(), priority);
+            return;
+        }
         for Pending { span, claim } in run {
             let info = &span.info;
             let slice = usize::try_from(info.compressed_offset - start)
@@ -306,7 +318,73 @@ impl Shared {
         windows: Option<&(u64, Vec<u8>)>,
     ) -> FetchResult {
         let window = self.window(l, span, windows)?;
-        let content = match decode_span(l.compression, &span.info, &window, compressed) {
+        let decoded = decode_span(l.compression, &span.info, &window, compressed);
+        self.decoded(l, span, decoded)
+    }
+
+    /// Verifies, inflates (in one pass from the first span's checkpoint) and caches a run of
+    /// neighbouring gzip spans from the run's bytes (`bytes`, from blob offset `start`), and
+    /// completes every claim.
+    fn finish_gzip_run(
+        &self,
+        l: &LayerState,
+        run: Vec<Pending>,
+        bytes: &[u8],
+        start: u64,
+        windows: Option<&(u64, Vec<u8>)>,
+        priority: Priority,
+    ) {
+        let Some(first) = run.first() else {
+            return;
+        };
+        let first_index = first.span.index;
+        let window = match self.window(l, &first.span, windows) {
+            Ok(window) => window,
+            Err(e) => {
+                for Pending { claim, .. } in run {
+                    self.complete(l, claim, Err(e.clone()), priority);
+                }
+                return;
+            }
+        };
+        let infos: Vec<_> = run.iter().map(|p| p.span.info).collect();
+        // Every slice is within `bytes`: the run was read from the first span's start to the
+        // furthest end (a short answer fails the run before this).
+        let slices: Vec<&[u8]> = infos
+            .iter()
+            .map(|i| {
+                let at = |o: u64| usize::try_from(o.saturating_sub(start)).unwrap_or(usize::MAX);
+                bytes
+                    .get(at(i.compressed_offset)..at(i.compressed_end))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let from_first = usize::try_from(first.span.info.compressed_offset.saturating_sub(start))
+            .ok()
+            .and_then(|at| bytes.get(at..))
+            .unwrap_or_default();
+        let results = decode_gzip_run(&infos, &window, &slices, from_first);
+        for (Pending { span, claim }, decoded) in run.into_iter().zip(results) {
+            let decoded = decoded.map_err(|e| match e {
+                DecodeError::AfterRefused { span } => DecodeError::AfterRefused {
+                    span: first_index + span,
+                },
+                e => e,
+            });
+            let result = self.decoded(l, &span, decoded);
+            self.complete(l, claim, result, priority);
+        }
+    }
+
+    /// A span's decoded, verified content (or why there is none) into the cache: counts and
+    /// logs what did not verify.
+    fn decoded(
+        &self,
+        l: &LayerState,
+        span: &SpanRef,
+        decoded: Result<crate::decode::Verified<'_>, DecodeError>,
+    ) -> FetchResult {
+        let content = match decoded {
             Ok(content) => content,
             Err(DecodeError::DigestMismatch { found }) => {
                 return Err(self.digest_mismatch(l, span.index, &span.info, found));

@@ -117,15 +117,26 @@ fn a_metadata_only_archive_reads_exactly_with_windows_from_the_index_blob() {
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(&s, source.clone(), Some(blob.clone()), cache.path());
 
+    // Span by span, last first: each span is a request of its own and needs its window.
+    let table = s.metadata.spans(0).unwrap();
+    for i in (0..table.len()).rev() {
+        let span = table.get(i).unwrap();
+        let (a, b) = (span.uncompressed_offset, span.uncompressed_end);
+        let mut buf = vec![0; (b - a) as usize];
+        assert_eq!(f.read_at(0, a, &mut buf).unwrap(), buf.len());
+        assert!(
+            buf == s.tar[a as usize..b as usize],
+            "span {i} reads exactly"
+        );
+    }
     let mut all = vec![0; s.tar.len()];
-    let n = f.read_at(0, 0, &mut all).unwrap();
-    assert_eq!(n, s.tar.len());
+    assert_eq!(f.read_at(0, 0, &mut all).unwrap(), s.tar.len());
     assert!(all == s.tar, "the layer reads exactly");
     let stats = f.stats();
     assert!(stats.window_bytes_fetched > 0, "{stats:?}");
 
-    // Every window read is a range of the index blob beyond the metadata, and the windows of
-    // the spans one read coalesces come in as few requests as the spans themselves.
+    // Every window read is a range of the index blob beyond the metadata: one per span that
+    // has a window, nothing read whole.
     let requests = source.requests();
     let window_reads: Vec<_> = requests
         .iter()
@@ -134,15 +145,13 @@ fn a_metadata_only_archive_reads_exactly_with_windows_from_the_index_blob() {
             _ => None,
         })
         .collect();
-    let layer_reads = requests
-        .iter()
-        .filter(|r| matches!(r, Request::Range { digest, .. } if *digest == s.layer_digest))
-        .count();
-    assert!(!window_reads.is_empty());
-    assert!(window_reads.len() <= layer_reads, "{requests:?}");
     assert!(window_reads
         .iter()
         .all(|r| r.start >= s.metadata.metadata_len() && r.end <= s.complete.len() as u64));
+    let windowed = (0..table.len())
+        .filter(|&i| s.metadata.window_ref(0, i).unwrap().is_some())
+        .count();
+    assert_eq!(window_reads.len(), windowed, "{window_reads:?}");
     assert!(
         requests.iter().all(|r| !matches!(r, Request::Blob { .. })),
         "nothing is read whole: {requests:?}"
@@ -158,6 +167,36 @@ fn a_metadata_only_archive_reads_exactly_with_windows_from_the_index_blob() {
     f.read_at(0, 0, &mut again).unwrap();
     assert!(again == s.tar);
     assert_eq!(source.request_count(), before);
+}
+
+#[test]
+fn a_run_of_spans_needs_only_its_first_window() {
+    let s = setup();
+    let (source, blob) = source_with(&s, &s.complete);
+    let cache = tempfile::tempdir().unwrap();
+    let f = fetcher(&s, source.clone(), Some(blob.clone()), cache.path());
+    let table = s.metadata.spans(0).unwrap();
+    let (first, last) = (2, 5);
+    let a = table.get(first).unwrap().uncompressed_offset;
+    let b = table.get(last).unwrap().uncompressed_end;
+    let mut buf = vec![0; (b - a) as usize];
+    assert_eq!(f.read_at(0, a, &mut buf).unwrap(), buf.len());
+    assert!(buf == s.tar[a as usize..b as usize]);
+    let w = s.metadata.window_ref(0, first).unwrap().unwrap();
+    let requests = source.requests();
+    let window_reads: Vec<_> = requests
+        .iter()
+        .filter(|r| matches!(r, Request::Range { digest, .. } if *digest == blob))
+        .collect();
+    assert_eq!(
+        window_reads,
+        [&Request::Range {
+            digest: blob.clone(),
+            range: w.offset..w.offset + u64::from(w.len)
+        }],
+        "one window, the first span's: {requests:?}"
+    );
+    assert_eq!(f.stats().spans_fetched, (last - first + 1) as u64);
 }
 
 #[test]
@@ -200,7 +239,13 @@ fn without_the_index_blob_a_span_with_a_window_cannot_be_read() {
     let (source, _) = source_with(&s, &s.complete);
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(&s, source, None, cache.path());
-    let mut buf = vec![0; s.tar.len()];
-    let err = f.read_at(0, 0, &mut buf).unwrap_err();
+    let span = s.metadata.spans(0).unwrap().get(3).unwrap();
+    assert!(span.has_window);
+    let mut buf = vec![0; 100];
+    let err = f
+        .read_at(0, span.uncompressed_offset, &mut buf)
+        .unwrap_err();
     assert!(err.to_string().contains("metadata only"), "{err}");
+    // The first span needs no window.
+    assert_eq!(f.read_at(0, 0, &mut buf).unwrap(), 100);
 }
