@@ -1293,9 +1293,12 @@ fn parse(
     let windows_present = len == file_len;
     let stored = header.checksum.get();
     let computed = xxh3_64(
-        range(CHECKSUM_START as u64, metadata_len - CHECKSUM_START as u64)
-            .and_then(|r| bytes.get(r))
-            .unwrap_or(&[]),
+        range(
+            CHECKSUM_START as u64,
+            metadata_len.saturating_sub(CHECKSUM_START as u64),
+        )
+        .and_then(|r| bytes.get(r))
+        .unwrap_or(&[]),
     );
     if stored != computed {
         return Err(ArchiveError::ChecksumMismatch {
