@@ -229,11 +229,12 @@ impl ContentSource for FetchContent {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
         since: Instant,
     ) -> Result<usize, ContentError> {
         let result = self
             .fetcher
-            .read_at_since(layer, offset, buf, since)
+            .read_file_at(layer, offset, buf, file_end, since)
             .map_err(|e| self.content_error(e));
         self.served(layer, offset, &result);
         result
@@ -244,12 +245,13 @@ impl ContentSource for FetchContent {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
     ) -> Option<Result<usize, ContentError>> {
         // Only final answers come back as errors (no such layer, past its end); anything a
         // fetch might still fix is `None` from the fetcher, so the read goes to a worker.
         let result = self
             .fetcher
-            .read_cached(layer, offset, buf)
+            .read_file_cached(layer, offset, buf, file_end)
             .map(|r| r.map_err(|e| self.content_error(e)))?;
         self.served(layer, offset, &result);
         Some(result)

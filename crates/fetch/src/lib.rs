@@ -317,7 +317,21 @@ impl Fetcher {
         buf: &mut [u8],
         since: Instant,
     ) -> Result<usize, FetchError> {
-        self.shared.read_at(layer, offset, buf, since)
+        self.shared.read_at(layer, offset, buf, u64::MAX, since)
+    }
+
+    /// [`Fetcher::read_at_since`] for a read of a file that ends at `file_end` of the layer's
+    /// stream: readahead stops at the span holding the file's last byte (a file read to its
+    /// end says nothing about the files after it).
+    pub fn read_file_at(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        file_end: u64,
+        since: Instant,
+    ) -> Result<usize, FetchError> {
+        self.shared.read_at(layer, offset, buf, file_end, since)
     }
 
     /// [`Fetcher::read_at`] for bytes that are in the cache already, without ever waiting:
@@ -337,7 +351,19 @@ impl Fetcher {
         offset: u64,
         buf: &mut [u8],
     ) -> Option<Result<usize, FetchError>> {
-        self.shared.read_cached(layer, offset, buf)
+        self.shared.read_cached(layer, offset, buf, u64::MAX)
+    }
+
+    /// [`Fetcher::read_cached`] for a read of a file that ends at `file_end` of the layer's
+    /// stream (see [`Fetcher::read_file_at`]).
+    pub fn read_file_cached(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        file_end: u64,
+    ) -> Option<Result<usize, FetchError>> {
+        self.shared.read_cached(layer, offset, buf, file_end)
     }
 
     /// Makes sure every span covering `range` of the layer's uncompressed stream is in the
