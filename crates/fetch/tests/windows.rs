@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clip_archive::{
-    write_archive, Archive, Compression, FileType, ImageMeta, Inode, Layer, Platform, Tree,
-};
-use clip_fetch::testing::{sha256_digest, MemorySource, Request};
+use clip_archive::{write_archive, Archive, Compression, FileType, Inode, Layer, Tree};
+use clip_fetch::testing::{image_meta, sha256_digest, MemorySource, Request};
 use clip_fetch::{CacheOptions, FetchError, FetchOptions, Fetcher};
 use clip_testkit::{Layer as TestLayer, LayerOptions};
 
@@ -58,18 +56,7 @@ fn setup() -> Setup {
         span_size: SPAN,
         spans: indexed.spans,
     };
-    let meta = ImageMeta {
-        reference: "memory.test/windows:1".into(),
-        manifest_digest: sha256_digest(b"manifest"),
-        manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-        platform: Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        },
-        config_digest: sha256_digest(b"config"),
-        config: "{}".into(),
-    };
+    let meta = image_meta("memory.test/windows:1");
     let tree = Tree::new(Inode::new(FileType::Directory, 0o755));
     let complete = write_archive(&meta, &[archive_layer], &tree).unwrap();
     let metadata_len = Archive::open(&complete).unwrap().metadata_len() as usize;
