@@ -304,10 +304,14 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
     }
     let artifacts = clip_store::find_artifacts(&client, &reference, &resolved.manifest_digest)?;
     if let Some(found) = artifacts.index {
-        let stored = store
-            .download(&client, &reference, &found, &resolved)
-            .with_context(|| format!("downloading the index of {reference}"))?;
-        keep_profile(&store, &client, &reference, artifacts.profile, &resolved);
+        // The profile comes down at the same time as the index (kept even if the index
+        // download fails: it is used once an index is there).
+        let stored = std::thread::scope(|scope| {
+            scope.spawn(|| keep_profile(&store, &client, &reference, artifacts.profile, &resolved));
+            store
+                .download(&client, &reference, &found, &resolved)
+                .with_context(|| format!("downloading the index of {reference}"))
+        })?;
         return Ok(located(
             stored.path,
             Found::Registry {

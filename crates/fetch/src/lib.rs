@@ -192,9 +192,11 @@ pub struct FetchOptions {
     /// coalesced. Default 4 MiB (about ten 1 MiB spans of typical text): larger requests
     /// save round trips but hold more in memory while a run is verified and inflated.
     pub max_request_bytes: u64,
-    /// Background fetch threads: they bound concurrent registry requests. Default 4. One of
-    /// them is always kept for fetches a read waits for: readahead runs on at most
-    /// `workers - 1` at a time, so with 1 worker there is no readahead.
+    /// Background fetch threads: they bound concurrent registry requests. Default 8: a start
+    /// is a chain of small fetches whose time is mostly round trips, so parallel requests
+    /// matter more than bandwidth. One of them is always kept for fetches a read waits for:
+    /// background work (readahead, prefetch, fill) runs on at most `workers - 1` at a time,
+    /// so with 1 worker there is none.
     pub workers: usize,
     /// The complete index blob, read through the same source, when the archive is metadata
     /// only ([`clip_archive::Archive::has_windows`] false): a span's seek window is read from
@@ -210,7 +212,7 @@ impl Default for FetchOptions {
             read_timeout: Duration::from_secs(30),
             readahead_spans: 4,
             max_request_bytes: 4 << 20,
-            workers: 4,
+            workers: 8,
             windows_blob: None,
         }
     }

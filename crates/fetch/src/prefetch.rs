@@ -2,8 +2,8 @@
 //! on the last free worker, so that reads always have one):
 //!
 //! - **Profile replay** ([`Shared::prefetch`], priority `Prefetch`): the spans a startup
-//!   profile lists, in its order, in batches coalesced into runs of neighbours, over the
-//!   background workers in parallel. A read of a span the prefetch has in flight waits for
+//!   profile lists, in its order, in batches coalesced into runs of neighbours, each run a job
+//!   of its own, so that they go over the background workers in parallel. A read of a span the prefetch has in flight waits for
 //!   that fetch (single flight) and never fetches again; spans already cached are skipped. A
 //!   read that finds a span the prefetch fetched is a *prefetch hit*; a prefetched span never
 //!   read is *wasted*.
@@ -102,7 +102,15 @@ impl Shared {
                 spans.sort_unstable();
                 spans.dedup();
                 queued += spans.len();
-                self.submit(Priority::Prefetch, Job::Spans { layer, spans }, usize::MAX);
+                // One job per run of neighbours: the runs of a batch are fetched in parallel,
+                // one request each, over the background workers.
+                for run in spans.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
+                    let job = Job::Spans {
+                        layer,
+                        spans: run.to_vec(),
+                    };
+                    self.submit(Priority::Prefetch, job, usize::MAX);
+                }
             }
         }
         tracing::debug!(queued, "profile prefetch queued");
