@@ -71,6 +71,8 @@ pub mod meta;
 pub mod remote;
 pub mod service;
 mod snapshotter;
+#[cfg(test)]
+mod tests;
 
 pub use crate::error::Error;
 pub use crate::meta::Kind;

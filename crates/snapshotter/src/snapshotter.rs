@@ -571,7 +571,12 @@ impl Snapshotter {
             }
             *state = next;
         }
-        self.mounts(key)
+        // A snapshot whose mounts cannot be made is of no use: it goes again.
+        self.mounts(key).inspect_err(|_| {
+            if let Err(e) = self.remove(key) {
+                tracing::warn!(%key, "removing a snapshot that cannot be mounted: {e}");
+            }
+        })
     }
 
     /// `Mounts`: how to mount an active snapshot or a view.
