@@ -883,3 +883,72 @@ fn the_cri_path_starts_a_pod_without_pulling_layers() {
             .expect("RemovePodSandbox");
     });
 }
+
+/// The pid of the `clip mount` daemon serving `mnt`, from `/proc`.
+fn mount_daemon_of(mnt: &Path) -> Option<u32> {
+    let mnt = mnt.to_str()?;
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.get(1) == Some(&b"mount".as_slice()) && args.contains(&mnt.as_bytes())).then_some(pid)
+    })
+}
+
+#[test]
+#[ignore = "privileged: needs root, containerd, ctr-remote, FUSE, runc, docker-registry (scripts/test.sh runs it)"]
+fn a_mount_whose_daemon_died_is_restored_at_start() {
+    let mut env = Env::start();
+    busybox_image(&env.registry, "remount:1", "remount");
+    env.push_index("remount:1");
+    let image = env.image_ref("remount:1");
+    let c = env.containerd();
+    c.ctr_remote_ok(&[
+        "image",
+        "rpull",
+        "--plain-http",
+        "--snapshotter",
+        "clip",
+        &image,
+    ]);
+    // A container prepared (its snapshot over the image's mount), not started yet.
+    c.ctr_ok(&[
+        "container",
+        "create",
+        "--snapshotter",
+        "clip",
+        &image,
+        "later",
+        "cat",
+        "/etc/message",
+    ]);
+    let mnt = env.clip_mounts().pop().expect("the image's mount");
+    let daemon = mount_daemon_of(&mnt).expect("the mount's daemon");
+
+    // Both die.
+    env.snapshotter.take().expect("running").kill9();
+    signal(daemon, rustix::process::Signal::KILL);
+    // A dead FUSE daemon's mount answers ENOTCONN (to statfs: stat may hit the cache).
+    poll("the daemon's end", || {
+        rustix::fs::statfs(&mnt).is_err().then_some(())
+    });
+
+    let snapshotter = Snapshotter::start(env.scratch.dir.path(), &env.scratch.path("cache"));
+    assert!(
+        snapshotter.log().contains("clip mount restored"),
+        "{}",
+        snapshotter.log()
+    );
+    env.snapshotter = Some(snapshotter);
+    assert!(
+        fs::metadata(mnt.join("etc/message")).is_ok(),
+        "served again"
+    );
+    let out = poll("the container's start", || {
+        let out = env.containerd().ctr(&["task", "start", "later"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(out, "hello from remount\n");
+}

@@ -207,10 +207,11 @@ fn disk_usage(dir: &Path) -> Result<Usage, Error> {
     Ok(usage)
 }
 
-/// Whether `dir` is a mountpoint whose filesystem answers (a FUSE mount whose process died
-/// answers `ENOTCONN`).
+/// Whether `dir` is a mountpoint whose filesystem answers. A FUSE mount whose process died
+/// answers `ENOTCONN` — to `statfs`, which always reaches the daemon; `stat` of its root may
+/// still be answered from the kernel's attribute cache.
 fn mount_alive(dir: &Path) -> bool {
-    clip_run::is_mountpoint(dir) && fs::metadata(dir).is_ok()
+    clip_run::is_mountpoint(dir) && rustix::fs::statfs(dir).is_ok()
 }
 
 impl Snapshotter {
