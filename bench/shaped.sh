@@ -15,18 +15,27 @@ bytes_matching() {
   sed -n "$(($2 + 1)),$3p" "$1" | awk -v p="$4" '$9 ~ /^20[06]$/ && $7 ~ p {s += $10} END {print s+0}'
 }
 
-# index_download_bytes LOG SINCE_LINE IMAGE CACHE_DIR: what a node's download of IMAGE's index
-# (into CACHE_DIR's store) cost, from the registry's access log after SINCE_LINE: the
-# referrers tag's index, the artifact's manifest and the index blob.
-index_download_bytes() {
-  local log=$1 since=$2 image=$3 cache=$4 pulled artifact index_file subject until
-  until=$(wc -l < "$log")
-  pulled=$("$CLIP" pull --json --insecure --cache-dir "$cache" "$image")
+# index_bytes LOG SINCE_LINE UNTIL_LINE IMAGE CACHE_DIR: what a node's start of IMAGE (its
+# index in CACHE_DIR's store) fetched of the index, from the registry's access log between the
+# two lines; prints "DOWNLOAD WINDOWS": the index download (the referrers tag's index, the
+# artifact's manifest and the index's metadata, one range read of exactly its length) and the
+# seek windows read by range from the index blob since.
+index_bytes() {
+  local log=$1 since=$2 until=$3 image=$4 cache=$5 pulled artifact index_file subject blob metadata
+  pulled=$("$CLIP" pull --json --insecure --no-index --cache-dir "$cache" "$image")
   [ "$(jq -r .origin.source <<<"$pulled")" = registry ] || { echo "the index did not come from the registry: $pulled" >&2; return 1; }
   artifact=$(jq -r .origin.artifact <<<"$pulled")
+  blob=$(jq -r '.origin.blob // empty' <<<"$pulled")
   index_file=$(jq -r .path <<<"$pulled")
+  [ -n "$blob" ] || blob=sha256:$(sha256sum "$index_file" | cut -d' ' -f1)
   subject=$("$CLIP" inspect --json "$index_file" | jq -r .image.manifest_digest)
-  bytes_matching "$log" "$since" "$until" "${subject/:/-}|$artifact|$(sha256sum "$index_file" | cut -d' ' -f1)"
+  metadata=$(stat -c %s "$index_file")
+  sed -n "$((since + 1)),${until}p" "$log" | awk -v tag="${subject/:/-}" -v art="$artifact" \
+    -v blob="${blob#sha256:}" -v meta="$metadata" '
+    $9 !~ /^20[06]$/ { next }
+    $7 ~ blob { if (!seen && $10 == meta) { seen = 1; d += $10 } else { w += $10 }; next }
+    $7 ~ tag || $7 ~ art { d += $10 }
+    END { print d+0, w+0 }'
 }
 
 # start_shaped_registry: a second registry serving the same storage as start_registry's, in a

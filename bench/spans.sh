@@ -3,7 +3,9 @@
 # (and the index pushed), and a "second node" (empty caches, index pulled from the registry)
 # starts the Python command with `clip run` with the registry behind a shaped link (its own
 # network namespace, veth pair, 1 Gbit/s, 5 ms each way). Printed per span size: the index
-# (what every node downloads before mounting), the cold start, the bytes fetched and how they
+# download (referrers, artifact manifest and the index's metadata: what every node downloads
+# before mounting), the seek windows (which stay in the registry), the cold start, the bytes
+# fetched (layer ranges, seek windows read by range, the rest) and how layer + window bytes
 # compare with the floor: the files the start opens, each gzip-compressed on its own (from an
 # strace of the same start on the unpacked tree).
 #
@@ -25,6 +27,7 @@ trap cleanup_bench EXIT
 build_python_image
 start_registry 0.0.0.0
 push_image bench/py:latest "${PY_LAYERS[@]}"
+layer_digests=$(for l in "${PY_LAYERS[@]}"; do sha256sum "$l" | cut -d' ' -f1; done | paste -sd'|')
 
 # The floor, from the unpacked image.
 skopeo copy -q --src-tls-verify=false "docker://$REGISTRY/bench/py:latest" "oci:$BENCH_TMP/oci:latest"
@@ -36,20 +39,21 @@ echo "floor: the start opens $FLOOR_FILES files, $FLOOR_BYTES bytes, $FLOOR_GZIP
 start_shaped_registry
 image=$SHAPED/bench/py:latest
 printf '\nsecond node, registry behind veth + tbf 1 Gbit/s + %s each way\n' "$DELAY"
-printf '%6s %10s %8s %9s %12s %12s %12s %9s\n' span checkpoints index cold-s fetched index-dl spans spans/floor
-for span in ${SPANS:-256k 512k 1M 2M 4M}; do
+printf '%6s %11s %11s %11s %8s %11s %11s %11s %8s\n' span checkpoints index-dl windows cold-s layer-bytes window-bytes other-bytes /floor
+for span in ${SPANS:-128k 256k 512k 1M 2M}; do
   CLIP_CACHE_DIR=$BENCH_TMP/ci-cache "$CLIP" index --push --quiet --span "$span" "$REGISTRY/bench/py:latest"
   rm -rf "$BENCH_TMP/node-cache"
   since=$(wc -l < "$SHAPED_LOG")
-  before=$(registry_bytes "$SHAPED_LOG")
   t0=$(now)
   "$CLIP" run --insecure --cache-dir "$BENCH_TMP/node-cache" --no-index "$image" "${PY_CMD[@]}" \
     > "$BENCH_TMP/out" 2> "$BENCH_TMP/run.err" </dev/null || { cat "$BENCH_TMP/run.err"; exit 1; }
   t1=$(now)
-  fetched=$(($(registry_bytes "$SHAPED_LOG") - before))
-  index_dl=$(index_download_bytes "$SHAPED_LOG" "$since" "$image" "$BENCH_TMP/node-cache")
-  summary=$("$CLIP" inspect --json --cache-dir "$BENCH_TMP/node-cache" "$image")
-  printf '%6s %10s %8s %9.2f %12s %12s %12s %9.2f\n' "$span" "$(jq .checkpoints <<<"$summary")" \
-    "$(jq .index_bytes <<<"$summary")" "$(elapsed "$t0" "$t1")" "$fetched" "$index_dl" \
-    "$((fetched - index_dl))" "$(echo "($fetched - $index_dl) / $FLOOR_GZIP" | bc -l)"
+  until=$(wc -l < "$SHAPED_LOG")
+  layer=$(bytes_matching "$SHAPED_LOG" "$since" "$until" "$layer_digests")
+  split=($(index_bytes "$SHAPED_LOG" "$since" "$until" "$image" "$BENCH_TMP/node-cache"))
+  other=$(($(bytes_matching "$SHAPED_LOG" "$since" "$until" ".") - layer - split[1]))
+  summary=$("$CLIP" inspect --json --cache-dir "$BENCH_TMP/node-cache" --no-index "$image")
+  printf '%6s %11s %11s %11s %8.2f %11s %11s %11s %8.2f\n' "$span" "$(jq .checkpoints <<<"$summary")" \
+    "${split[0]}" "$(jq .window_bytes <<<"$summary")" "$(elapsed "$t0" "$t1")" "$layer" "${split[1]}" \
+    "$other" "$(echo "($layer + ${split[1]}) / $FLOOR_GZIP" | bc -l)"
 done

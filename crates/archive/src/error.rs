@@ -70,6 +70,26 @@ pub enum ArchiveError {
         detail: String,
     },
 
+    /// A window was asked of a metadata-only index.
+    #[error(
+        "this index is metadata only: its seek windows are in the complete index in the \
+         registry; mount the image by reference, or get the complete file with \
+         `clip pull IMAGE OUT.clip`"
+    )]
+    WindowsAbsent,
+
+    /// A window's bytes did not hash to the span's `window_digest`.
+    #[error(
+        "the seek window of layer {layer} span {span} does not match the digest the index \
+         records for it"
+    )]
+    WindowMismatch {
+        /// The layer.
+        layer: u32,
+        /// The span in the layer.
+        span: u64,
+    },
+
     /// No inode with that number.
     #[error("no inode {0} in this index")]
     NoSuchInode(u64),
@@ -123,6 +143,9 @@ impl ArchiveError {
             | ArchiveError::UnsupportedVersion { .. }
             | ArchiveError::ChecksumMismatch { .. }
             | ArchiveError::Corrupt { .. } => true,
+            // The window's bytes may come from elsewhere than the file (the registry): whose
+            // fault it is, the caller knows.
+            ArchiveError::WindowMismatch { .. } | ArchiveError::WindowsAbsent => false,
             ArchiveError::NoSuchInode(_)
             | ArchiveError::NotADirectory(_)
             | ArchiveError::NotASymlink(_)

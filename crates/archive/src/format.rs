@@ -10,9 +10,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Size of [`RawHeader`].
 pub(crate) const HEADER_LEN: usize = 64;
-/// The checksum covers `bytes[CHECKSUM_START..file_len]`.
+/// The checksum covers `bytes[CHECKSUM_START..metadata_len]`: the metadata, not the windows
+/// (each window is verified by its span's `window_digest`).
 pub(crate) const CHECKSUM_START: usize = 32;
-/// Number of sections in a version 1 file.
+/// Number of sections.
 pub(crate) const SECTION_COUNT: usize = 10;
 /// Byte offset of the first section (header + section table).
 pub(crate) const SECTIONS_START: usize = HEADER_LEN + SECTION_COUNT * SECTION_ENTRY_LEN;
@@ -71,7 +72,7 @@ pub(crate) const DATA_OFFSET_MASK: u64 = (1 << DATA_OFFSET_BITS) - 1;
 pub(crate) const NO_DATA_LAYER: u64 = 0xFFFF;
 
 /// Size of [`RawSpan`].
-pub(crate) const SPAN_LEN: usize = 112;
+pub(crate) const SPAN_LEN: usize = 144;
 
 /// Largest window a span may carry (the deflate dictionary size).
 pub(crate) const MAX_WINDOW: usize = 32 * 1024;
@@ -84,16 +85,21 @@ pub(crate) struct RawHeader {
     pub magic: [u8; 8],
     /// [`crate::FORMAT_VERSION`].
     pub version: U32,
-    /// 0 in version 1.
+    /// 0: no flags are defined.
     pub flags: U32,
-    /// Length of the whole file in bytes.
+    /// Length of the complete file (metadata and windows) in bytes.
     pub file_len: U64,
-    /// xxh3-64 (seed 0) of `bytes[32..file_len]`.
+    /// xxh3-64 (seed 0) of `bytes[32..metadata_len]`.
     pub checksum: U64,
-    /// [`SECTION_COUNT`] in version 1.
+    /// [`SECTION_COUNT`].
     pub section_count: U32,
     /// Zero.
-    pub reserved: [u8; 28],
+    pub reserved: U32,
+    /// Length of the metadata: every section but WINDOWS, which starts here. A file of
+    /// exactly this many bytes is a metadata-only index.
+    pub metadata_len: U64,
+    /// Zero.
+    pub reserved2: [u8; 16],
 }
 
 /// One entry of the section table, which follows the header.
@@ -174,7 +180,7 @@ pub(crate) struct RawXattr {
     pub value_len: U32,
 }
 
-/// SPANS: one seek checkpoint. 112 bytes.
+/// SPANS: one seek checkpoint. 144 bytes.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
 #[repr(C)]
 pub(crate) struct RawSpan {
@@ -194,6 +200,8 @@ pub(crate) struct RawSpan {
     pub digest: [u8; 32],
     /// sha256 of the span's uncompressed bytes.
     pub content_digest: [u8; 32],
+    /// sha256 of the compressed window as stored in WINDOWS (zero when there is none).
+    pub window_digest: [u8; 32],
 }
 
 // The sizes are part of the format.

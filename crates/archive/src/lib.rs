@@ -107,7 +107,9 @@ pub use model::{
     Compression, DataLocation, FileType, ImageMeta, Ino, Inode, Layer, LayerInfo, Platform, Span,
     Tree, Window, OVERLAYFS_PRIVATE_XATTRS, ROOT_INO,
 };
-pub use reader::{Archive, DirEntries, InodeRef, SectionSizes, SpanInfo, SpanTable, Walk};
+pub use reader::{
+    Archive, DirEntries, InodeRef, SectionSizes, SpanInfo, SpanTable, Walk, WindowRef,
+};
 pub use writer::write_archive;
 
 /// The first 8 bytes of every `.clip` file. Changing this is a format break.
@@ -115,7 +117,7 @@ pub const MAGIC: [u8; 8] = *b"CLIPIDX\0";
 
 /// The format version this crate writes and reads (stored at offset 8). Changing the layout of
 /// anything described in `docs/FORMAT.md` is a format break: bump this.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {

@@ -70,7 +70,11 @@ struct Sections {
     xattr_index: Range<usize>,
     xattrs: Range<usize>,
     spans: Range<usize>,
+    /// Where WINDOWS lies in the complete file (offset = the metadata length); in `bytes`
+    /// only when the file is complete ([`Archive::has_windows`]).
     windows: Range<usize>,
+    /// Whether the bytes hold WINDOWS (a complete file) or end before it (metadata only).
+    windows_present: bool,
 }
 
 impl fmt::Debug for Archive<'_> {
@@ -88,8 +92,10 @@ impl fmt::Debug for Archive<'_> {
 /// Bytes per section, for `clip inspect`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SectionSizes {
-    /// The whole file.
+    /// The complete file (metadata and windows).
     pub total: u64,
+    /// The metadata: everything but the windows (what every node downloads).
+    pub metadata: u64,
     /// Header and section table.
     pub header: u64,
     /// Image metadata and layer table (JSON).
@@ -238,6 +244,58 @@ pub struct SpanInfo {
     pub has_window: bool,
 }
 
+/// Where a span's compressed seek window lies in the complete index file, and the digest
+/// that verifies it wherever its bytes come from ([`Archive::window_ref`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowRef {
+    /// The layer of the span.
+    pub layer: u32,
+    /// The span, within its layer.
+    pub span: usize,
+    /// Offset of the compressed window in the complete file.
+    pub offset: u64,
+    /// Its compressed length.
+    pub len: u32,
+    /// Its length once decompressed (at most 32 KiB).
+    pub raw_len: u32,
+    /// sha256 of the compressed bytes.
+    pub digest: [u8; 32],
+}
+
+impl WindowRef {
+    /// The dictionary, from the window's stored bytes: checked against the digest before it
+    /// is decompressed (bounded by `raw_len`), then checked to have exactly `raw_len` bytes.
+    pub fn unpack(&self, packed: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+        use sha2::Digest as _;
+        let found: [u8; 32] = sha2::Sha256::digest(packed).into();
+        if packed.len() as u64 != u64::from(self.len) || found != self.digest {
+            return Err(ArchiveError::WindowMismatch {
+                layer: self.layer,
+                span: self.span as u64,
+            });
+        }
+        let bad = |detail: String| {
+            corrupt(
+                "windows",
+                format!("layer {} span {}: {detail}", self.layer, self.span),
+            )
+        };
+        let raw_len = usize::try_from(self.raw_len)
+            .ok()
+            .filter(|&n| n <= MAX_WINDOW)
+            .ok_or_else(|| bad(format!("window of {} bytes", self.raw_len)))?;
+        let out = zstd::bulk::decompress(packed, raw_len)
+            .map_err(|e| bad(format!("window does not decompress: {e}")))?;
+        if out.len() != raw_len {
+            return Err(bad(format!(
+                "window has {} bytes, expected {raw_len}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
 impl<'a> SpanTable<'a> {
     /// The layer these spans belong to.
     pub fn layer(&self) -> u32 {
@@ -287,6 +345,13 @@ impl<'a> SpanTable<'a> {
         }
         if rec.reserved != [0; 7] {
             return Err(bad("reserved bytes are not zero".to_string()));
+        }
+        if (raw_len == 0) != (rec.window_len.get() == 0)
+            || (raw_len == 0 && (rec.window_offset.get() != 0 || rec.window_digest != [0; 32]))
+        {
+            return Err(bad(
+                "a window without bytes, or bytes without a window".to_string()
+            ));
         }
         Ok(SpanInfo {
             compressed_offset: c0,
@@ -462,15 +527,14 @@ impl<'a> Archive<'a> {
         self.table(&self.sections.spans)
     }
 
-    fn windows(&self) -> &[u8] {
-        self.section(&self.sections.windows)
-    }
-
     /// Every layer's span table, checked once at open (one pass over SPANS): a layer with
     /// bytes has spans, the first starts at 0, uncompressed offsets strictly increase and
     /// compressed ranges never go backwards, so that neighbouring spans make one bounded
     /// request and every offset of the layer is covered exactly once.
     fn check_spans(&self) -> Result<(), ArchiveError> {
+        // Windows follow each other in span order, without gaps, and fill WINDOWS exactly:
+        // the windows of neighbouring spans are one bounded range of the complete file.
+        let mut next_window: u64 = 0;
         for (i, info) in self.layers.iter().enumerate() {
             let layer = u32::try_from(i).map_err(|_| corrupt("meta", "too many layers"))?;
             let table = self.spans(layer)?;
@@ -494,7 +558,26 @@ impl<'a> Archive<'a> {
                 crate::model::check_span_order(s, prev, bounds)
                     .map_err(|detail| corrupt("spans", format!("layer {layer}: {detail}")))?;
                 prev = Some(bounds);
+                if let Some(rec) = table.records.get(s).filter(|r| r.window_len.get() > 0) {
+                    if rec.window_offset.get() != next_window {
+                        return Err(corrupt(
+                            "spans",
+                            format!(
+                                "layer {layer} span {s}: window at {}, expected {next_window}",
+                                rec.window_offset.get()
+                            ),
+                        ));
+                    }
+                    next_window = next_window.saturating_add(u64::from(rec.window_len.get()));
+                }
             }
+        }
+        let windows_len = self.sections.windows.len() as u64;
+        if next_window != windows_len {
+            return Err(corrupt(
+                "windows",
+                format!("the windows fill {next_window} bytes of {windows_len}"),
+            ));
         }
         Ok(())
     }
@@ -629,61 +712,83 @@ impl<'a> Archive<'a> {
         })
     }
 
-    /// The decompressed deflate dictionary of a span (empty when it has none).
-    pub fn window(&self, layer: u32, span: usize) -> Result<Vec<u8>, ArchiveError> {
+    /// Whether the seek windows are in this file (a complete index) or not (a metadata-only
+    /// index, whose windows are read from the complete file elsewhere: [`Archive::window_ref`]).
+    pub fn has_windows(&self) -> bool {
+        self.sections.windows_present
+    }
+
+    /// Length of the metadata, the prefix of the complete file that a metadata-only index is.
+    pub fn metadata_len(&self) -> u64 {
+        self.sections.windows.start as u64
+    }
+
+    /// Length of the complete file (metadata and windows).
+    pub fn complete_len(&self) -> u64 {
+        self.sections.windows.end as u64
+    }
+
+    /// Where span `span`'s compressed window lies in the complete file, and what verifies it;
+    /// `None` when the span has none (checked at open: within WINDOWS, in span order).
+    pub fn window_ref(&self, layer: u32, span: usize) -> Result<Option<WindowRef>, ArchiveError> {
         let table = self.spans(layer)?;
         let rec = table.records.get(span).ok_or(ArchiveError::NoSuchSpan {
             layer,
             span: span as u64,
         })?;
-        let bad =
-            |detail: String| corrupt("windows", format!("layer {layer} span {span}: {detail}"));
-        let raw_len = rec.window_raw_len.get();
-        let packed_len = rec.window_len.get();
-        let raw_len = usize::try_from(raw_len)
-            .ok()
-            .filter(|&n| n <= MAX_WINDOW)
-            .ok_or_else(|| bad(format!("window of {raw_len} bytes (at most {MAX_WINDOW})")))?;
+        let (raw_len, len) = (rec.window_raw_len.get(), rec.window_len.get());
         if raw_len == 0 {
-            if packed_len != 0 {
-                return Err(bad("an empty window with stored bytes".to_string()));
-            }
+            return Ok(None);
+        }
+        let offset = (self.sections.windows.start as u64)
+            .checked_add(rec.window_offset.get())
+            .ok_or_else(|| corrupt("spans", format!("layer {layer} span {span}: window offset")))?;
+        Ok(Some(WindowRef {
+            layer,
+            span,
+            offset,
+            len,
+            raw_len,
+            digest: rec.window_digest,
+        }))
+    }
+
+    /// The decompressed deflate dictionary of a span (empty when it has none), from this
+    /// file's WINDOWS, verified against the span's `window_digest`. A metadata-only index
+    /// has none: [`ArchiveError::WindowsAbsent`].
+    pub fn window(&self, layer: u32, span: usize) -> Result<Vec<u8>, ArchiveError> {
+        let Some(w) = self.window_ref(layer, span)? else {
             return Ok(Vec::new());
+        };
+        w.unpack(self.packed_bytes(&w)?)
+    }
+
+    /// The stored (compressed) bytes of a window of this file.
+    fn packed_bytes(&self, w: &WindowRef) -> Result<&[u8], ArchiveError> {
+        if !self.has_windows() {
+            return Err(ArchiveError::WindowsAbsent);
         }
-        let off = rec.window_offset.get();
-        let src = range(off, u64::from(packed_len))
-            .and_then(|r| self.windows().get(r))
-            .ok_or_else(|| bad(format!("window bytes {off}+{packed_len} out of bounds")))?;
-        let out = zstd::bulk::decompress(src, raw_len)
-            .map_err(|e| bad(format!("window does not decompress: {e}")))?;
-        if out.len() != raw_len {
-            return Err(bad(format!(
-                "window has {} bytes, expected {raw_len}",
-                out.len()
-            )));
-        }
-        Ok(out)
+        range(w.offset, u64::from(w.len))
+            .and_then(|r| self.bytes.get().get(r))
+            .ok_or_else(|| {
+                corrupt(
+                    "windows",
+                    format!(
+                        "layer {} span {}: window bytes {}+{} out of bounds",
+                        w.layer, w.span, w.offset, w.len
+                    ),
+                )
+            })
     }
 
     /// A span's window as stored (checked to unpack to its recorded length).
     fn packed_window(&self, layer: u32, span: usize) -> Result<Window, ArchiveError> {
-        let raw = self.window(layer, span)?;
-        let table = self.spans(layer)?;
-        let rec = table.records.get(span).ok_or(ArchiveError::NoSuchSpan {
-            layer,
-            span: span as u64,
-        })?;
-        if raw.is_empty() {
+        let Some(w) = self.window_ref(layer, span)? else {
             return Ok(Window::default());
-        }
-        let off = rec.window_offset.get();
-        let packed = range(off, u64::from(rec.window_len.get()))
-            .and_then(|r| self.windows().get(r))
-            .unwrap_or_default();
-        Ok(Window::from_packed(
-            packed.to_vec(),
-            rec.window_raw_len.get(),
-        ))
+        };
+        let packed = self.packed_bytes(&w)?;
+        w.unpack(packed)?;
+        Ok(Window::from_packed(packed.to_vec(), w.raw_len))
     }
 
     /// Number of inodes (`1..=inode_count` are valid inode numbers).
@@ -1159,20 +1264,42 @@ fn parse(
         len,
     })?;
     let file_len = header.file_len.get();
-    if file_len > len {
+    let metadata_len = header.metadata_len.get();
+    if metadata_len < SECTIONS_START as u64 || metadata_len > file_len {
+        return Err(corrupt(
+            "header",
+            format!("metadata length {metadata_len} (the file has {file_len} bytes)"),
+        ));
+    }
+    // A complete file, or its metadata alone.
+    if len < metadata_len {
+        return Err(ArchiveError::Truncated {
+            needed: metadata_len,
+            len,
+        });
+    }
+    if len != metadata_len && len < file_len {
         return Err(ArchiveError::Truncated {
             needed: file_len,
             len,
         });
     }
-    if file_len < len {
+    if len > file_len {
         return Err(corrupt(
             "header",
             format!("the file has {len} bytes but its header says {file_len}"),
         ));
     }
+    let windows_present = len == file_len;
     let stored = header.checksum.get();
-    let computed = xxh3_64(bytes.get(CHECKSUM_START..).unwrap_or(&[]));
+    let computed = xxh3_64(
+        range(
+            CHECKSUM_START as u64,
+            metadata_len.saturating_sub(CHECKSUM_START as u64),
+        )
+        .and_then(|r| bytes.get(r))
+        .unwrap_or(&[]),
+    );
     if stored != computed {
         return Err(ArchiveError::ChecksumMismatch {
             expected: stored,
@@ -1185,7 +1312,7 @@ fn parse(
             format!("unknown flags {:#x}", header.flags.get()),
         ));
     }
-    if header.reserved != [0; 28] {
+    if header.reserved.get() != 0 || header.reserved2 != [0; 16] {
         return Err(corrupt("header", "reserved bytes are not zero"));
     }
     if header.section_count.get() as usize != SECTION_COUNT {
@@ -1240,12 +1367,23 @@ fn parse(
                 format!("{name} section at {off}+{slen} is out of bounds"),
             )
         })?;
-        *slot = bytes.get(r.clone()).ok_or_else(|| {
-            corrupt(
+        let is_windows = kind == crate::format::KIND_WINDOWS;
+        if is_windows && off != metadata_len {
+            return Err(corrupt(
                 "header",
-                format!("{name} section at {off}+{slen} is out of bounds"),
-            )
-        })?;
+                format!("the windows start at {off}, the metadata ends at {metadata_len}"),
+            ));
+        }
+        *slot = if is_windows && !windows_present {
+            &[]
+        } else {
+            bytes.get(r.clone()).ok_or_else(|| {
+                corrupt(
+                    "header",
+                    format!("{name} section at {off}+{slen} is out of bounds"),
+                )
+            })?
+        };
         if let Some(range_slot) = ranges.get_mut(i) {
             *range_slot = r;
         }
@@ -1311,10 +1449,12 @@ fn parse(
         xattr_index: r_xattr_index,
         xattrs: r_xattrs,
         spans: r_spans,
-        windows: r_windows,
+        windows: r_windows.clone(),
+        windows_present,
     };
     let sizes = SectionSizes {
-        total: len,
+        total: file_len,
+        metadata: metadata_len,
         header: SECTIONS_START as u64,
         meta: meta.len() as u64,
         attrs: attrs.len() as u64,
@@ -1325,8 +1465,9 @@ fn parse(
         xattr_index: xattr_index.len() as u64,
         xattrs: xattrs.len() as u64,
         spans: (spans.len() as u64).saturating_mul(SPAN_LEN as u64),
-        windows: windows.len() as u64,
+        windows: r_windows.len() as u64,
     };
+    let _ = windows;
     Ok((doc.image, doc.layers, sections, sizes))
 }
 

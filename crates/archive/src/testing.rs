@@ -39,9 +39,17 @@ fn index_of(ino: u64) -> usize {
     usize::try_from(ino.saturating_sub(1)).unwrap_or(usize::MAX)
 }
 
-/// Recomputes and stores the header checksum of `bytes` (no-op for fewer than 32 bytes).
+/// Recomputes and stores the header checksum of `bytes` over the metadata its header names
+/// (all of `bytes` when that is out of bounds; no-op for fewer than 32 bytes).
 pub fn reseal(bytes: &mut [u8]) {
-    let Some(body) = bytes.get(CHECKSUM_START..) else {
+    let metadata_len = bytes
+        .get(40..48)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n >= CHECKSUM_START && n <= bytes.len())
+        .unwrap_or(bytes.len());
+    let Some(body) = bytes.get(CHECKSUM_START..metadata_len) else {
         return;
     };
     let sum = xxh3_64(body);
@@ -133,6 +141,10 @@ pub fn exercise(archive: &Archive<'_>) -> Exercised {
                 let _ = table.find(span.uncompressed_end.saturating_sub(1));
             }
             seen.note(&archive.window(layer, i));
+            if let Ok(Some(w)) = archive.window_ref(layer, i) {
+                // Bytes from elsewhere (a registry) are checked against the digest.
+                seen.note(&w.unpack(&[0; 16]));
+            }
         }
         let _ = (table.find(0), table.find(u64::MAX));
         seen.note(&archive.layer_owned(layer));

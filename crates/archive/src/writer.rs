@@ -192,13 +192,13 @@ pub fn write_archive(
             span_count: layer.spans.len() as u64,
         });
         for span in &layer.spans {
-            let (window_offset, window_len) = if span.window.is_empty() {
-                (0, 0)
+            let (window_offset, window_len, window_digest) = if span.window.is_empty() {
+                (0, 0, [0; 32])
             } else {
                 let packed = span.window.packed();
                 let off = windows.len() as u64;
                 windows.extend_from_slice(packed);
-                (off, packed.len() as u32)
+                (off, packed.len() as u32, sha256(packed))
             };
             spans.push(RawSpan {
                 compressed_offset: U64::new(span.compressed_offset),
@@ -211,6 +211,7 @@ pub fn write_archive(
                 reserved: [0; 7],
                 digest: span.digest,
                 content_digest: span.content_digest,
+                window_digest,
             });
         }
     }
@@ -242,6 +243,7 @@ pub fn write_archive(
         (KIND_WINDOWS, &windows),
     ];
     let total = SECTIONS_START + sections.iter().map(|(_, b)| b.len()).sum::<usize>();
+    let metadata_len = total - windows.len();
 
     let mut out = Vec::with_capacity(total);
     let header = RawHeader {
@@ -251,7 +253,9 @@ pub fn write_archive(
         file_len: U64::new(total as u64),
         checksum: U64::new(0),
         section_count: U32::new(SECTION_COUNT as u32),
-        reserved: [0; 28],
+        reserved: U32::new(0),
+        metadata_len: U64::new(metadata_len as u64),
+        reserved2: [0; 16],
     };
     out.extend_from_slice(header.as_bytes());
     let mut offset = SECTIONS_START as u64;
@@ -269,9 +273,14 @@ pub fn write_archive(
         out.extend_from_slice(bytes);
     }
     debug_assert_eq!(out.len(), total);
-    let sum = xxh3_64(&out[CHECKSUM_START..]);
+    let sum = xxh3_64(&out[CHECKSUM_START..metadata_len]);
     out[24..32].copy_from_slice(&sum.to_le_bytes());
     Ok(out)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn invalid(msg: String) -> ArchiveError {

@@ -29,24 +29,74 @@ fn medium() -> Vec<u8> {
     write_archive(&meta(), &layers(), &tree).unwrap()
 }
 
+/// Length of the metadata (the header's `metadata_len`).
+fn metadata_len(b: &[u8]) -> usize {
+    u64::from_le_bytes(b[40..48].try_into().unwrap()) as usize
+}
+
 #[test]
-fn every_truncation_is_an_error() {
+fn every_truncation_is_an_error_but_the_metadata_alone() {
     let bytes = small();
+    let metadata = metadata_len(&bytes);
+    assert!(metadata < bytes.len(), "the small archive has a window");
     for len in 0..bytes.len() {
+        if len == metadata {
+            continue;
+        }
         let err = Archive::open(&bytes[..len]).unwrap_err();
         assert!(
             matches!(err, ArchiveError::Truncated { .. }),
             "length {len}: {err}"
         );
     }
-    assert!(Archive::open(&bytes).is_ok());
+    assert!(Archive::open(&bytes).unwrap().has_windows());
+    // The metadata alone is a metadata-only index: everything but the windows.
+    let only = Archive::open(&bytes[..metadata]).unwrap();
+    assert!(!only.has_windows());
+    assert_eq!(
+        only.window(0, 0).unwrap(),
+        Vec::<u8>::new(),
+        "span 0 has no window"
+    );
+    assert!(matches!(
+        only.window(0, 1),
+        Err(ArchiveError::WindowsAbsent)
+    ));
+    let w = only.window_ref(0, 1).unwrap().unwrap();
+    let complete = Archive::open(&bytes).unwrap();
+    let packed = &bytes[w.offset as usize..w.offset as usize + w.len as usize];
+    assert_eq!(w.unpack(packed).unwrap(), complete.window(0, 1).unwrap());
+    assert_eq!(w.unpack(packed).unwrap(), vec![7; 64]);
+    assert_eq!(only.walk().count(), complete.walk().count());
 }
 
 #[test]
-fn every_single_byte_flip_fails_open() {
+fn a_damaged_window_fails_when_it_is_read_and_nothing_else_does() {
+    let bytes = small();
+    let metadata = metadata_len(&bytes);
+    for i in metadata..bytes.len() {
+        let mut copy = bytes.clone();
+        copy[i] ^= 0x01;
+        let a = Archive::open(&copy).expect("the windows are outside the checksum");
+        assert!(
+            matches!(
+                a.window(0, 1),
+                Err(ArchiveError::WindowMismatch { layer: 0, span: 1 })
+            ),
+            "flip at {i}"
+        );
+        let w = a.window_ref(0, 1).unwrap().unwrap();
+        assert!(w
+            .unpack(&copy[w.offset as usize..][..w.len as usize])
+            .is_err());
+    }
+}
+
+#[test]
+fn every_single_byte_flip_of_the_metadata_fails_open() {
     let bytes = small();
     let mut copy = bytes.clone();
-    for i in 0..bytes.len() {
+    for i in 0..metadata_len(&bytes) {
         for x in [0x01, 0x80, 0xFF] {
             copy[i] ^= x;
             assert!(
@@ -64,11 +114,12 @@ fn sampled_byte_flips_in_a_medium_archive_fail_open() {
     let mut rng = Rng(42);
     let mut copy = bytes.clone();
     for _ in 0..2000 {
-        let i = rng.below(bytes.len() as u64) as usize;
+        let i = rng.below(metadata_len(&bytes) as u64) as usize;
         let x = (rng.below(255) + 1) as u8;
         copy[i] ^= x;
         let err = Archive::open(&copy).unwrap_err();
-        if i >= 32 {
+        // The metadata length (40..48) says what the checksum covers: checked before it.
+        if i >= 32 && !(40..48).contains(&i) {
             assert!(
                 matches!(err, ArchiveError::ChecksumMismatch { .. }),
                 "{err}"
@@ -349,7 +400,7 @@ fn the_has_xattrs_bit_is_not_part_of_the_attr_index() {
 const DIRENTS: usize = 5;
 const STRINGS: usize = 6;
 const SPANS: usize = 9;
-const SPAN_LEN: usize = 112;
+const SPAN_LEN: usize = 144;
 
 /// Runs `patch` on a copy of `bytes`, reseals it, and returns the section `open` blames.
 fn open_patched(bytes: &[u8], patch: impl FnOnce(&mut Vec<u8>)) -> &'static str {

@@ -36,6 +36,7 @@ fn fixed() -> Vec<u8> {
             span.window = Window::default();
         }
     }
+    l[0].spans[1].window = Window::new(&[7; 64]).unwrap();
     write_archive(&meta(), &l, &t).unwrap()
 }
 
@@ -44,12 +45,17 @@ fn bytes_follow_the_documented_layout() {
     let b = fixed();
     // Header.
     assert_eq!(&b[0..8], b"CLIPIDX\0");
-    assert_eq!(u32_at(&b, 8), 2);
+    assert_eq!(u32_at(&b, 8), 3);
     assert_eq!(u32_at(&b, 12), 0);
     assert_eq!(u64_at(&b, 16), b.len() as u64);
-    assert_eq!(u64_at(&b, 24), xxhash_rust::xxh3::xxh3_64(&b[32..]));
+    let metadata_len = u64_at(&b, 40) as usize;
+    assert_eq!(
+        u64_at(&b, 24),
+        xxhash_rust::xxh3::xxh3_64(&b[32..metadata_len])
+    );
     assert_eq!(u32_at(&b, 32), 10);
-    assert!(b[36..64].iter().all(|&x| x == 0));
+    assert!(b[36..40].iter().all(|&x| x == 0));
+    assert!(b[48..64].iter().all(|&x| x == 0));
     // Section table.
     let mut sec = Vec::new();
     let mut expected = 64 + 10 * 24;
@@ -63,16 +69,18 @@ fn bytes_follow_the_documented_layout() {
         sec.push(&b[off..off + len]);
     }
     assert_eq!(expected, b.len());
-    let (meta_json, attrs, mtimes, inodes, dirents, strings, xidx, xattrs, spans) = (
-        sec[0], sec[1], sec[2], sec[3], sec[4], sec[5], sec[6], sec[7], sec[8],
+    let (meta_json, attrs, mtimes, inodes, dirents, strings, xidx, xattrs, spans, windows) = (
+        sec[0], sec[1], sec[2], sec[3], sec[4], sec[5], sec[6], sec[7], sec[8], sec[9],
     );
+    // The windows come last and alone after the metadata.
+    assert_eq!(u64_at(&b, 64 + 9 * 24 + 8) as usize, metadata_len);
     assert!(meta_json.starts_with(br#"{"image":{"reference":"docker.io/library/alpine:3.20","#));
     assert!(std::str::from_utf8(meta_json).unwrap().contains(
         r#""compression":"gzip","compressed_size":3000000,"uncompressed_size":10000000,"diff_id":"sha256:1112","span_size":4194304,"first_span":0,"span_count":3}"#
     ));
     assert_eq!(inodes.len(), 5 * 28);
     assert_eq!(dirents.len(), 4 * 10);
-    assert_eq!(spans.len(), 6 * 112);
+    assert_eq!(spans.len(), 6 * 144);
 
     // Mtimes: the distinct (seconds, nanoseconds), ascending: hosts' (-2, 3), everyone
     // else's (0, 0).
@@ -140,7 +148,7 @@ fn bytes_follow_the_documented_layout() {
     assert_eq!(s(8, 12), b"v");
 
     // Spans: second span of layer 0.
-    let sp = &spans[112..224];
+    let sp = &spans[144..288];
     assert_eq!(u64_at(sp, 0), 1_199_999);
     assert_eq!(u64_at(sp, 8), 2_400_000);
     assert_eq!(u64_at(sp, 16), 4_194_400);
@@ -152,6 +160,21 @@ fn bytes_follow_the_documented_layout() {
         &[(12 * 31 % 256) as u8, (12 * 31 % 256 + 1) as u8],
         "content digest"
     );
+    // Its window: the only one, at 0 in WINDOWS, 64 bytes unpacked, with the digest of its
+    // stored bytes.
+    assert_eq!(u64_at(sp, 24), 0);
+    assert_eq!(u32_at(sp, 32) as usize, windows.len());
+    assert_eq!(u32_at(sp, 36), 64);
+    use sha2::Digest as _;
+    assert_eq!(&sp[112..144], &sha2::Sha256::digest(windows)[..]);
+    assert_eq!(zstd::bulk::decompress(windows, 64).unwrap(), vec![7; 64]);
+    // Spans without a window: offset, lengths and digest all zero.
+    let first = &spans[..144];
+    assert_eq!(
+        (u64_at(first, 24), u32_at(first, 32), u32_at(first, 36)),
+        (0, 0, 0)
+    );
+    assert!(first[112..144].iter().all(|&x| x == 0));
 }
 
 #[test]
@@ -161,7 +184,7 @@ fn the_format_has_not_drifted() {
     // first release), update docs/FORMAT.md, then this constant.
     let sum = xxhash_rust::xxh3::xxh3_64(&fixed());
     assert_eq!(
-        sum, 0xe63d_d204_7330_185d,
+        sum, 0x2f79_018e_c6f1_39c3,
         "format fingerprint is {sum:#018x}"
     );
 }

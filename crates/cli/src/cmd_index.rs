@@ -22,9 +22,10 @@ pub struct Args {
     /// IMAGE`).
     #[arg(long)]
     pub push: bool,
-    /// Uncompressed bytes between seek checkpoints (e.g. 1M, 4M): smaller spans fetch less
-    /// per read, larger spans make a smaller index.
-    #[arg(long, default_value = "1M", value_parser = units::parse_size)]
+    /// Uncompressed bytes between seek checkpoints (e.g. 128k, 1M): smaller spans fetch less
+    /// per read, larger spans make a smaller index (its seek windows; what a node downloads
+    /// hardly changes).
+    #[arg(long, default_value = "128k", value_parser = units::parse_size)]
     pub span: u64,
     /// Layers indexed in parallel. Default: the number of cores.
     #[arg(long)]
@@ -73,8 +74,10 @@ pub fn run(args: Args) -> Result<()> {
         None
     };
     let origin = match &pushed {
+        // The complete file is kept: its windows are local.
         Some(p) => clip_store::Origin::Registry {
             artifact: p.artifact.digest.clone(),
+            blob: None,
         },
         None => clip_store::Origin::Local,
     };

@@ -258,7 +258,8 @@ fn summary_json(archive: &Archive, file_len: usize) -> Result<Value> {
             })
         })
         .collect();
-    let without_windows = (file_len as u64).saturating_sub(sizes.windows);
+    let _ = file_len;
+    let without_windows = sizes.metadata;
     Ok(json!({
         "format_version": clip_archive::FORMAT_VERSION,
         "image": {
@@ -283,8 +284,10 @@ fn summary_json(archive: &Archive, file_len: usize) -> Result<Value> {
         },
         "inodes": archive.inode_count(),
         "content_bytes": c.content_bytes,
-        "index_bytes": file_len,
+        "index_bytes": sizes.total,
+        "metadata_bytes": sizes.metadata,
         "window_bytes": sizes.windows,
+        "windows_here": archive.has_windows(),
         "bytes_per_entry": without_windows as f64 / c.entries.max(1) as f64,
         "checkpoints": checkpoints,
     }))
@@ -330,10 +333,16 @@ fn summary_text(archive: &Archive, file_len: usize, out: &mut impl Write) -> Res
     )?;
     writeln!(
         out,
-        "index      {} ({} of seek windows; {:.1} bytes per entry without them)",
-        units::bytes(file_len as u64),
+        "index      {}: metadata {} ({:.1} bytes per entry), seek windows {}{}",
+        units::bytes(v["index_bytes"].as_u64().unwrap_or(0)),
+        units::bytes(v["metadata_bytes"].as_u64().unwrap_or(0)),
+        v["bytes_per_entry"].as_f64().unwrap_or(0.0),
         units::bytes(v["window_bytes"].as_u64().unwrap_or(0)),
-        v["bytes_per_entry"].as_f64().unwrap_or(0.0)
+        if archive.has_windows() {
+            ""
+        } else {
+            " (in the registry: this file is the metadata)"
+        }
     )?;
     let span = archive.layers().first().map_or(0, |l| l.span_size);
     writeln!(

@@ -54,6 +54,10 @@ pub struct Args {
     /// was (used by --daemon).
     #[arg(long, hide = true)]
     pub from_image: Option<String>,
+    /// Internal: the complete index blob in the image's repository, when IMAGE (a located
+    /// .clip file) holds only the metadata (used by --daemon).
+    #[arg(long, hide = true)]
+    pub windows_blob: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -225,11 +229,12 @@ impl ContentSource for FetchContent {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
         since: Instant,
     ) -> Result<usize, ContentError> {
         let result = self
             .fetcher
-            .read_at_since(layer, offset, buf, since)
+            .read_file_at(layer, offset, buf, file_end, since)
             .map_err(|e| self.content_error(e));
         self.served(layer, offset, &result);
         result
@@ -240,12 +245,13 @@ impl ContentSource for FetchContent {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
     ) -> Option<Result<usize, ContentError>> {
         // Only final answers come back as errors (no such layer, past its end); anything a
         // fetch might still fix is `None` from the fetcher, so the read goes to a worker.
         let result = self
             .fetcher
-            .read_cached(layer, offset, buf)
+            .read_file_cached(layer, offset, buf, file_end)
             .map(|r| r.map_err(|e| self.content_error(e)))?;
         self.served(layer, offset, &result);
         Some(result)
@@ -285,6 +291,7 @@ pub fn run(args: Args) -> Result<()> {
                 path: PathBuf::from(&args.image),
                 found: Found::File,
                 image: Some(image.parse()?),
+                windows_blob: args.windows_blob.clone(),
             },
             None => locate(&args.image, &args.source, args.daemon)?,
         };
@@ -375,6 +382,9 @@ pub fn spawn_daemon(
     if let Some(image) = &located.image {
         cmd.arg("--from-image").arg(image.to_string());
     }
+    if let Some(blob) = &located.windows_blob {
+        cmd.arg("--windows-blob").arg(blob);
+    }
     if allow_other {
         cmd.arg("--allow-other");
     }
@@ -425,6 +435,13 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     // Opening checked the whole file; let those pages go until something needs them.
     mapping.release_pages();
     drop(mapping);
+    if !archive.has_windows() && located.windows_blob.is_none() {
+        bail!(
+            "{}: {}",
+            path.display(),
+            clip_archive::ArchiveError::WindowsAbsent
+        );
+    }
     if !args.dir.exists() {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating mountpoint {}", args.dir.display()))?;
@@ -467,6 +484,7 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
             max_bytes: args.serve.cache_size,
         },
         read_timeout: timeout,
+        windows_blob: located.windows_blob.clone(),
         ..FetchOptions::default()
     };
     let fetcher = Arc::new(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clip_archive::Archive;
 use clip_registry::Reference;
-use clip_snapshotter::{BoxError, Images, IndexedImage, LayerRequest, Snapshotter};
+use clip_snapshotter::{BoxError, Images, IndexedImage, LayerRequest, MountSource, Snapshotter};
 
 use crate::cmd_mount::{self, RecordArgs, ServeArgs};
 use crate::creds::{self, CredsArg};
@@ -48,11 +48,12 @@ impl DaemonImages {
         if let Some(digest) = &request.manifest_digest {
             reference = reference.with_digest(digest);
         }
-        let Some(path) = source::find_existing(&reference, &self.registry)? else {
+        let Some(located) = source::find_existing(&reference, &self.registry)? else {
             tracing::info!(%reference, "no clip index: the normal path");
             return Ok(None);
         };
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let path = &located.path;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let archive =
             Archive::open(&bytes).with_context(|| format!("reading {}", path.display()))?;
         let meta = archive.meta();
@@ -61,6 +62,7 @@ impl DaemonImages {
             reference: reference.with_digest(&meta.manifest_digest).to_string(),
             manifest_digest: meta.manifest_digest.clone(),
             index: path.clone(),
+            windows_blob: located.windows_blob.clone(),
             layers: archive
                 .layers()
                 .iter()
@@ -76,20 +78,16 @@ impl Images for DaemonImages {
             .map_err(|e| format!("{e:#}").into())
     }
 
-    fn mount(
-        &self,
-        reference: &str,
-        index: &Path,
-        dir: &Path,
-        log: &Path,
-    ) -> Result<u32, BoxError> {
-        let image: Reference = reference
+    fn mount(&self, image: &MountSource<'_>, dir: &Path, log: &Path) -> Result<u32, BoxError> {
+        let reference: Reference = image
+            .reference
             .parse()
-            .map_err(|e| format!("the image reference {reference:?}: {e}"))?;
+            .map_err(|e| format!("the image reference {:?}: {e}", image.reference))?;
         let located = Located {
-            path: index.to_path_buf(),
+            path: image.index.to_path_buf(),
             found: Found::File,
-            image: Some(image),
+            image: Some(reference),
+            windows_blob: image.windows_blob.map(str::to_string),
         };
         let source = SourceArgs {
             registry: self.registry.clone(),

@@ -101,6 +101,8 @@ pub enum Found {
     Registry {
         artifact: String,
         via: ReferrersSource,
+        /// The index blob, when only its metadata was downloaded.
+        blob: Option<String>,
     },
     /// Made now, the registry having none.
     IndexedHere,
@@ -123,11 +125,13 @@ impl Found {
         };
         match self {
             Found::File => "the file given".to_string(),
-            Found::Store(Origin::Registry { artifact }) => {
+            Found::Store(Origin::Registry { artifact, .. }) => {
                 format!("the local index store (downloaded from the registry, artifact {artifact})")
             }
             Found::Store(Origin::Local) => "the local index store (indexed here)".to_string(),
-            Found::Registry { artifact, via: v } => {
+            Found::Registry {
+                artifact, via: v, ..
+            } => {
                 format!(
                     "the image's registry (artifact {artifact}, found through {})",
                     via(v)
@@ -147,9 +151,14 @@ impl Found {
         match self {
             Found::File => serde_json::json!({"source": "file"}),
             Found::Store(origin) => serde_json::json!({"source": "store", "origin": origin}),
-            Found::Registry { artifact, via } => serde_json::json!({
+            Found::Registry {
+                artifact,
+                via,
+                blob,
+            } => serde_json::json!({
                 "source": "registry",
                 "artifact": artifact,
+                "blob": blob,
                 "via": match via { ReferrersSource::Api => "referrers-api", ReferrersSource::TagSchema => "referrers-tag" },
             }),
             Found::IndexedHere => serde_json::json!({"source": "indexed-here"}),
@@ -177,6 +186,9 @@ pub struct Located {
     pub found: Found,
     /// The image reference typed, when it was one (its registry is the user's choice).
     pub image: Option<Reference>,
+    /// The complete index blob in the image's repository, when `path` holds only the
+    /// metadata: where the mount reads seek windows from.
+    pub windows_blob: Option<String>,
 }
 
 impl Located {
@@ -198,6 +210,7 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
             path: as_path.to_path_buf(),
             found: Found::File,
             image: None,
+            windows_blob: None,
         });
     }
     let reference: Reference = arg
@@ -220,6 +233,7 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
         None => args.registry.client_for(&reference)?,
     };
     let located = |path: PathBuf, found: Found| Located {
+        windows_blob: windows_blob(&found),
         path,
         found,
         image: Some(reference.clone()),
@@ -281,6 +295,20 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
     Ok(located(stored.path, Found::IndexedHere))
 }
 
+/// The complete index blob in the image's repository, when the index was downloaded from it
+/// (and so may hold only its metadata): where a mount reads seek windows from.
+fn windows_blob(found: &Found) -> Option<String> {
+    match found {
+        Found::Store(Origin::Registry { blob, .. })
+        | Found::Remembered {
+            origin: Origin::Registry { blob, .. },
+            ..
+        }
+        | Found::Registry { blob, .. } => blob.clone(),
+        _ => None,
+    }
+}
+
 /// The index of `resolved` that exists already: in the local index store (bound to the image),
 /// else beside the image in its registry (downloaded into the store). `None` when neither has
 /// one.
@@ -320,6 +348,10 @@ fn existing(
             Found::Registry {
                 artifact: found.artifact.digest,
                 via: found.via,
+                blob: match stored.origin {
+                    Origin::Registry { blob, .. } => blob,
+                    Origin::Local => None,
+                },
             },
         )));
     }
@@ -329,7 +361,7 @@ fn existing(
 /// The index of image `reference` when one exists already (the local index store, else its
 /// registry), never made here: `clip snapshotter`, for which an image without an index is
 /// pulled the normal way. The image is resolved in its registry first (no offline fallback).
-pub fn find_existing(reference: &Reference, registry: &RegistryArgs) -> Result<Option<PathBuf>> {
+pub fn find_existing(reference: &Reference, registry: &RegistryArgs) -> Result<Option<Located>> {
     let platform = registry.platform()?;
     let store = IndexStore::open(&registry.cache_dir())?;
     let client = registry.client_for(reference)?;
@@ -341,7 +373,14 @@ pub fn find_existing(reference: &Reference, registry: &RegistryArgs) -> Result<O
         &platform.to_string(),
         &resolved.manifest_digest,
     );
-    Ok(existing(&store, &client, reference, &resolved)?.map(|(path, _)| path))
+    Ok(
+        existing(&store, &client, reference, &resolved)?.map(|(path, found)| Located {
+            windows_blob: windows_blob(&found),
+            path,
+            found,
+            image: Some(reference.clone()),
+        }),
+    )
 }
 
 /// Downloads the startup profile `found` (if any) into the store, replacing the one kept: the

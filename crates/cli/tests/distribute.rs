@@ -13,7 +13,7 @@ use support::*;
 
 fn image(registry: &Registry, tag: &str, marker: &str) -> clip_testkit::PushedImage {
     let base = Layer::from_fixture(&format!(
-        "/etc dir 0755 0 0\n/etc/marker file 0644 0 0 content=\"{marker}\\n\"\n/data dir 0755 0 0\n/data/big file 0644 0 0 size=900000 seed=3 text"
+        "/etc dir 0755 0 0\n/etc/marker file 0644 0 0 content=\"{marker}\\n\"\n/data dir 0755 0 0\n/data/big file 0644 0 0 size=3000000 seed=3 text"
     ));
     let top =
         Layer::from_fixture("/app dir 0755 0 0\n/app/run file 0755 0 0 content=\"#!/bin/sh\\n\"");
@@ -62,7 +62,9 @@ fn an_index_pushed_once_serves_a_second_node() {
     assert_eq!(entries[0]["digest"], artifact.as_str());
     assert_eq!(entries[0]["artifactType"], "application/vnd.clip.index.v1");
 
-    // The second node: an empty cache. It downloads the artifact once, and no layer blob.
+    // The second node: an empty cache. It downloads the artifact once, of its index blob
+    // only the metadata (one range read; the seek windows stay in the registry), and no
+    // layer blob.
     let mark = registry.log_mark();
     let pulled = pull_json(&second, &image_ref);
     assert_eq!(pulled["source"], "registry", "{pulled}");
@@ -89,6 +91,25 @@ fn an_index_pushed_once_serves_a_second_node() {
         .unwrap()
         .to_string();
     assert_eq!(gets(&format!("/blobs/{index_blob}")), 1);
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.uri.contains(&index_blob))
+            .all(|r| r.is_partial()),
+        "the index blob is read by range: {requests:#?}"
+    );
+    let blob_bytes = std::fs::read(registry.blob_path(&index_blob)).unwrap();
+    let metadata_len = u64::from_le_bytes(blob_bytes[40..48].try_into().unwrap()) as usize;
+    assert!(
+        metadata_len < blob_bytes.len(),
+        "the 3 MB layer has checkpoints with windows"
+    );
+    let kept = std::fs::read(pulled["path"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        kept,
+        blob_bytes[..metadata_len],
+        "the store keeps the metadata"
+    );
     for layer in &pushed.layers {
         assert_eq!(
             gets(&format!("/blobs/{}", layer.digest)),
@@ -131,11 +152,12 @@ fn an_index_pushed_once_serves_a_second_node() {
         b"second node\n"
     );
     let big = std::fs::read(mount.dir.join("data/big")).unwrap();
-    assert_eq!(big.len(), 900_000);
+    assert_eq!(big.len(), 3_000_000);
+    let stats = mount.stats_when_idle();
     mount.unmount();
-    let layer_reads: Vec<_> = registry
-        .requests_since(mark)
-        .into_iter()
+    let requests = registry.requests_since(mark);
+    let layer_reads: Vec<_> = requests
+        .iter()
         .filter(|r| pushed.layers.iter().any(|l| r.uri.contains(&l.digest)))
         .collect();
     assert!(!layer_reads.is_empty());
@@ -143,6 +165,51 @@ fn an_index_pushed_once_serves_a_second_node() {
         layer_reads.iter().all(|r| r.is_partial()),
         "a whole layer was pulled: {layer_reads:#?}"
     );
+    // The windows of the spans read came from the index blob, by range.
+    let window_reads: Vec<_> = requests
+        .iter()
+        .filter(|r| r.uri.contains(&index_blob))
+        .collect();
+    assert!(!window_reads.is_empty(), "{requests:#?}");
+    assert!(window_reads.iter().all(|r| r.is_partial()));
+    assert!(
+        stats["window_bytes_fetched"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+
+    // `clip pull IMAGE OUT` writes the complete index, windows and all.
+    let complete = scratch.path("complete.clip");
+    clip(&[
+        "pull",
+        "--cache-dir",
+        second.to_str().unwrap(),
+        &image_ref,
+        complete.to_str().unwrap(),
+    ])
+    .success();
+    assert_eq!(std::fs::read(&complete).unwrap(), blob_bytes);
+
+    // A registry that serves a damaged window: the span is refused (EIO), never served.
+    let mut bad = blob_bytes.clone();
+    bad[metadata_len + 10] ^= 1;
+    std::fs::write(registry.blob_path(&index_blob), &bad).unwrap();
+    let lied_to = scratch.path("lied-to-cache");
+    let mount = Mount::start(
+        std::path::Path::new(&image_ref),
+        &scratch.path("lied-to-mnt"),
+        &lied_to,
+        &["--read-timeout", "2"],
+    );
+    let read = std::fs::read(mount.dir.join("data/big"));
+    let stats = mount.stats_when_idle();
+    let log = mount.unmount();
+    std::fs::write(registry.blob_path(&index_blob), &blob_bytes).unwrap();
+    assert_eq!(
+        read.map(|b| b.len()).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EIO))
+    );
+    assert!(stats["verify_failures"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(log.contains("seek window digest mismatch"), "{log}");
 
     // The same in the background: the daemon mounts the index located by its parent, as the
     // image the user named.
@@ -276,11 +343,16 @@ fn lying_or_missing_indexes_are_refused() {
     let stored = registry.blob_path(&blob);
     let good = std::fs::read(&stored).unwrap();
     let mut bad = good.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 1;
+    let metadata_len = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+    bad[metadata_len / 2] ^= 1;
     std::fs::write(&stored, &bad).unwrap();
+    // A node downloads the metadata, checked against the digest its artifact manifest names
+    // (a damaged window: see `an_index_pushed_once_serves_a_second_node`).
     let err = clip(&["pull", "--cache-dir", &fresh("lied-to"), &a_ref]).failure();
-    assert!(err.contains("digest mismatch"), "{err}");
+    assert!(
+        err.contains("are not the metadata its manifest names"),
+        "{err}"
+    );
     std::fs::write(&stored, &good).unwrap();
 
     // The index of image a, presented as image b's.

@@ -81,6 +81,12 @@ pub(crate) enum DecodeError {
         /// The sha256 of the output.
         found: [u8; 32],
     },
+    /// Not decoded: span `span` before it in the same run (whose inflater state it continues
+    /// from) did not verify.
+    AfterRefused {
+        /// The span that did not verify.
+        span: usize,
+    },
 }
 
 impl DecodeError {
@@ -122,6 +128,17 @@ impl DecodeError {
                 layer_digest,
                 span,
                 detail,
+            },
+            DecodeError::AfterRefused { span: refused } => FetchError::Registry {
+                layer_digest: layer_digest.clone(),
+                span: Some(span),
+                error: Arc::new(clip_registry::RegistryError::Protocol {
+                    url: layer_digest,
+                    detail: format!(
+                        "not decoded: the bytes of span {refused}, sent in the same response, \
+                         did not verify"
+                    ),
+                }),
             },
             DecodeError::LengthMismatch { found } => FetchError::LengthMismatch {
                 layer_digest,
@@ -184,6 +201,104 @@ pub(crate) fn decode_span<'a>(
     })
 }
 
+/// Verifies and inflates a run of neighbouring gzip spans in one pass from the first span's
+/// checkpoint, so that only the first span's `window` is needed: the inflater's state at the
+/// end of a span is the next span's checkpoint. `compressed[i]` are exactly span `i`'s
+/// compressed bytes and `run` the run's bytes from the first span's `compressed_offset` on.
+///
+/// Every span's compressed bytes are checked against its digest first; the run is inflated
+/// only through the spans before the first that did not verify (that one is a
+/// `DigestMismatch`, those after it `AfterRefused`); each span's output is checked against
+/// its length and content digest. One result per span, in order. The caller bounds the run's
+/// uncompressed size (at most [`MAX_GZIP_SPAN`]).
+pub(crate) fn decode_gzip_run(
+    infos: &[SpanInfo],
+    window: &[u8],
+    compressed: &[&[u8]],
+    run: &[u8],
+) -> Vec<Result<Verified<'static>, DecodeError>> {
+    let mut results: Vec<Result<Verified<'static>, DecodeError>> = Vec::with_capacity(infos.len());
+    let mut good = infos.len();
+    for (i, (info, bytes)) in infos.iter().zip(compressed).enumerate() {
+        let found: [u8; 32] = Sha256::digest(bytes).into();
+        if found != info.digest {
+            good = i;
+            break;
+        }
+    }
+    let (Some(first), Some(last)) = (infos.first(), infos.get(good.wrapping_sub(1))) else {
+        // The first span did not verify (or there are none).
+        return refused_from(infos, compressed, 0);
+    };
+    let total: u64 = infos.iter().take(good).map(span_len).sum();
+    let input_len = last.compressed_end.saturating_sub(first.compressed_offset);
+    let input = usize::try_from(input_len)
+        .ok()
+        .and_then(|n| run.get(..n))
+        .unwrap_or(run);
+    let inflated = if total > MAX_GZIP_SPAN {
+        Err(DecodeError::TooLarge { size: total })
+    } else {
+        usize::try_from(total)
+            .map_err(|_| DecodeError::TooLarge { size: total })
+            .and_then(|n| {
+                clip_zran::inflate_span(first.bits, window, input, n)
+                    .map_err(|e| DecodeError::Inflate(Arc::new(e)))
+            })
+    };
+    match inflated {
+        Err(e) => results.extend(infos.iter().take(good).map(|_| Err(e.clone()))),
+        Ok(out) => {
+            let mut at = 0usize;
+            for info in infos.iter().take(good) {
+                let len = usize::try_from(span_len(info)).unwrap_or(usize::MAX);
+                let start = at;
+                let piece = start.checked_add(len).and_then(|end| out.get(start..end));
+                at = start.saturating_add(len);
+                results.push(match piece {
+                    None => Err(DecodeError::LengthMismatch {
+                        found: out.len().saturating_sub(start) as u64,
+                    }),
+                    Some(piece) => {
+                        let digest: [u8; 32] = Sha256::digest(piece).into();
+                        if digest == info.content_digest {
+                            Ok(Verified {
+                                bytes: Cow::Owned(piece.to_vec()),
+                                digest,
+                            })
+                        } else {
+                            Err(DecodeError::ContentMismatch { found: digest })
+                        }
+                    }
+                });
+            }
+        }
+    }
+    results.extend(refused_from(infos, compressed, good));
+    results
+}
+
+/// The results of spans `from..` of a run whose span `from` did not verify.
+fn refused_from(
+    infos: &[SpanInfo],
+    compressed: &[&[u8]],
+    from: usize,
+) -> Vec<Result<Verified<'static>, DecodeError>> {
+    (from..infos.len())
+        .map(|i| {
+            Err(if i == from {
+                DecodeError::DigestMismatch {
+                    found: compressed
+                        .get(i)
+                        .map_or([0; 32], |b| Sha256::digest(b).into()),
+                }
+            } else {
+                DecodeError::AfterRefused { span: from }
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,8 +341,15 @@ mod tests {
 
     /// `data` as raw deflate in stored blocks (which every inflater accepts).
     fn stored_deflate(data: &[u8]) -> Vec<u8> {
+        stored_blocks(data, 65_535)
+    }
+
+    /// `data` as raw deflate in stored blocks of `block` bytes: block `i` starts at byte
+    /// `i * (block + 5)`, a checkpoint with no pending bits (and, stored blocks referring to
+    /// nothing before them, no window needed).
+    fn stored_blocks(data: &[u8], block: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        let chunks: Vec<&[u8]> = data.chunks(65_535).collect();
+        let chunks: Vec<&[u8]> = data.chunks(block).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             // BFINAL on the last block, BTYPE 00 (stored), padding to the byte boundary.
             out.push(u8::from(i + 1 == chunks.len()));
@@ -237,6 +359,75 @@ mod tests {
             out.write_all(chunk).unwrap();
         }
         out
+    }
+
+    /// A run of `n` spans of `block` bytes each over stored deflate blocks: the run's bytes,
+    /// each span's info and content.
+    fn stored_run(content: &[u8], block: usize) -> (Vec<u8>, Vec<SpanInfo>) {
+        let deflate = stored_blocks(content, block);
+        let infos = content
+            .chunks(block)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let c0 = (i * (block + 5)) as u64;
+                let c1 = c0 + 5 + chunk.len() as u64;
+                SpanInfo {
+                    compressed_offset: c0,
+                    compressed_end: c1,
+                    uncompressed_offset: (i * block) as u64,
+                    uncompressed_end: (i * block + chunk.len()) as u64,
+                    bits: 0,
+                    digest: sha(&deflate[c0 as usize..c1 as usize]),
+                    content_digest: sha(chunk),
+                    has_window: false,
+                }
+            })
+            .collect();
+        (deflate, infos)
+    }
+
+    fn slices<'a>(run: &'a [u8], infos: &[SpanInfo]) -> Vec<&'a [u8]> {
+        infos
+            .iter()
+            .map(|i| &run[i.compressed_offset as usize..i.compressed_end as usize])
+            .collect()
+    }
+
+    #[test]
+    fn a_gzip_run_inflates_in_one_pass_and_each_span_is_verified() {
+        let content: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (run, infos) = stored_run(&content, 250);
+        assert_eq!(infos.len(), 4);
+        let out = decode_gzip_run(&infos, &[], &slices(&run, &infos), &run);
+        let joined: Vec<u8> = out
+            .into_iter()
+            .flat_map(|r| r.unwrap().into_owned())
+            .collect();
+        assert_eq!(joined, content);
+
+        // A span whose bytes do not verify: those before it are served, it is a digest
+        // mismatch, and those after it (which continue from its state) are not decoded.
+        let mut bad = run.clone();
+        bad[infos[2].compressed_offset as usize + 7] ^= 1;
+        let out = decode_gzip_run(&infos, &[], &slices(&bad, &infos), &bad);
+        assert!(out[0].is_ok() && out[1].is_ok());
+        assert!(matches!(out[2], Err(DecodeError::DigestMismatch { .. })));
+        assert!(matches!(out[3], Err(DecodeError::AfterRefused { span: 2 })));
+
+        // Output that does not match a content digest is refused, span by span.
+        let mut forged = infos.clone();
+        forged[1].content_digest = [9; 32];
+        let out = decode_gzip_run(&forged, &[], &slices(&run, &forged), &run);
+        assert!(out[0].is_ok() && out[2].is_ok() && out[3].is_ok());
+        assert!(matches!(out[1], Err(DecodeError::ContentMismatch { .. })));
+
+        // A run claiming more output than a span may have is refused before inflating.
+        let mut huge = infos.clone();
+        huge[3].uncompressed_end = MAX_GZIP_SPAN + 1;
+        let out = decode_gzip_run(&huge, &[], &slices(&run, &huge), &run);
+        assert!(out
+            .iter()
+            .all(|r| matches!(r, Err(DecodeError::TooLarge { .. }))));
     }
 
     #[test]

@@ -75,6 +75,22 @@ pub enum FetchError {
         found: String,
     },
 
+    /// A seek window read from the index blob does not hash to the window digest the index
+    /// records for its span.
+    #[error(
+        "the seek window of span {span} of layer {layer_digest}, read from the index blob \
+         {index_blob}, does not match the digest the index records; the registry served \
+         corrupt data"
+    )]
+    WindowMismatch {
+        /// The complete index blob the window was read from.
+        index_blob: String,
+        /// Layer blob digest.
+        layer_digest: String,
+        /// Span index in the layer.
+        span: usize,
+    },
+
     /// A span decoded to other bytes than the index records for it: the checkpoint's window or
     /// bit offset in the index is damaged or forged (the compressed bytes were verified). Or a
     /// cache entry being written did not get all its bytes.
@@ -214,6 +230,7 @@ impl FetchError {
             FetchError::InvalidLayerDigest { .. }
             | FetchError::Registry { .. }
             | FetchError::DigestMismatch { .. }
+            | FetchError::WindowMismatch { .. }
             | FetchError::ContentMismatch { .. }
             | FetchError::Inflate { .. }
             | FetchError::Decode { .. }

@@ -72,6 +72,7 @@ pub(crate) struct LayerState {
 pub(crate) struct Counters {
     pub(crate) registry_requests: AtomicU64,
     pub(crate) bytes_fetched: AtomicU64,
+    pub(crate) window_bytes_fetched: AtomicU64,
     pub(crate) spans_fetched: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
@@ -231,6 +232,7 @@ impl Shared {
         FetchStats {
             registry_requests: get(&c.registry_requests),
             bytes_fetched: get(&c.bytes_fetched),
+            window_bytes_fetched: get(&c.window_bytes_fetched),
             spans_fetched: get(&c.spans_fetched),
             cache_hits: get(&c.cache_hits),
             cache_misses: get(&c.cache_misses),
@@ -339,13 +341,77 @@ impl Shared {
         error
     }
 
-    /// The decompression window of a span (gzip checkpoints), empty when it has none.
-    pub(crate) fn window(&self, l: &LayerState, span: &SpanRef) -> Result<Vec<u8>, FetchError> {
-        if span.info.has_window {
-            Ok(self.archive.window(l.index, span.index)?)
-        } else {
-            Ok(Vec::new())
+    /// The decompression window of a span (gzip checkpoints), empty when it has none: from
+    /// the archive, or from `fetched` (the windows of its run read from the index blob: the
+    /// range they start at and the bytes), verified against the span's window digest.
+    pub(crate) fn window(
+        &self,
+        l: &LayerState,
+        span: &SpanRef,
+        fetched: Option<&(u64, Vec<u8>)>,
+    ) -> Result<Vec<u8>, FetchError> {
+        if !span.info.has_window {
+            return Ok(Vec::new());
         }
+        if self.archive.has_windows() {
+            return Ok(self.archive.window(l.index, span.index)?);
+        }
+        let (Some(w), Some((start, bytes))) =
+            (self.archive.window_ref(l.index, span.index)?, fetched)
+        else {
+            return Err(clip_archive::ArchiveError::WindowsAbsent.into());
+        };
+        let packed = w
+            .offset
+            .checked_sub(*start)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| bytes.get(at..)?.get(..usize::try_from(w.len).ok()?))
+            .unwrap_or_default();
+        match w.unpack(packed) {
+            Ok(window) => Ok(window),
+            Err(clip_archive::ArchiveError::WindowMismatch { .. }) => {
+                bump(&self.counters.verify_failures, 1);
+                if self.source.distrust_mirrors() {
+                    tracing::warn!(layer = %l.digest, span = span.index,
+                        "bytes that did not verify may have come from a mirror: reading from the registry itself for a while");
+                }
+                let blob = self.options.windows_blob.clone().unwrap_or_default();
+                tracing::error!(layer = %l.digest, span = span.index, index_blob = %blob,
+                    "seek window digest mismatch: the registry sent other bytes than the index names; refusing them");
+                Err(FetchError::WindowMismatch {
+                    index_blob: blob,
+                    layer_digest: l.digest.to_string(),
+                    span: span.index,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The range of the index blob that holds the windows of `spans` (neighbours, in order),
+    /// when the archive does not: `None` when it does or none of them has one.
+    pub(crate) fn windows_range(
+        &self,
+        l: &LayerState,
+        spans: impl Iterator<Item = usize>,
+    ) -> Option<(String, std::ops::Range<u64>)> {
+        if self.archive.has_windows() {
+            return None;
+        }
+        let blob = self.options.windows_blob.as_ref()?;
+        let mut range: Option<std::ops::Range<u64>> = None;
+        for i in spans {
+            if let Ok(Some(w)) = self.archive.window_ref(l.index, i) {
+                let end = w.offset.saturating_add(u64::from(w.len));
+                range = Some(match range {
+                    Some(r) => r.start.min(w.offset)..r.end.max(end),
+                    None => w.offset..end,
+                });
+            }
+        }
+        // Windows follow each other in span order without gaps (checked at open): the range
+        // of a run's windows is the sum of their lengths.
+        range.map(|r| (blob.clone(), r))
     }
 
     pub(crate) fn check_registry(&self) -> Result<(), FetchError> {

@@ -196,6 +196,11 @@ pub struct FetchOptions {
     /// them is always kept for fetches a read waits for: readahead runs on at most
     /// `workers - 1` at a time, so with 1 worker there is no readahead.
     pub workers: usize,
+    /// The complete index blob, read through the same source, when the archive is metadata
+    /// only ([`clip_archive::Archive::has_windows`] false): a span's seek window is read from
+    /// it by range (one request for the windows of a run, beside the run's own) and verified
+    /// against the window digest of the span. Ignored when the archive has its windows.
+    pub windows_blob: Option<String>,
 }
 
 impl Default for FetchOptions {
@@ -206,6 +211,7 @@ impl Default for FetchOptions {
             readahead_spans: 4,
             max_request_bytes: 4 << 20,
             workers: 4,
+            windows_blob: None,
         }
     }
 }
@@ -216,8 +222,11 @@ pub struct FetchStats {
     /// Registry requests made (Range requests and whole-blob streams; the client's own retries
     /// not counted).
     pub registry_requests: u64,
-    /// Compressed bytes received from the registry.
+    /// Compressed layer bytes received from the registry.
     pub bytes_fetched: u64,
+    /// Seek-window bytes received from the registry (the index blob of a metadata-only
+    /// archive); the requests are counted in `registry_requests`.
+    pub window_bytes_fetched: u64,
     /// Spans fetched, verified, decoded (and cached).
     pub spans_fetched: u64,
     /// Spans a read found in the cache.
@@ -308,7 +317,21 @@ impl Fetcher {
         buf: &mut [u8],
         since: Instant,
     ) -> Result<usize, FetchError> {
-        self.shared.read_at(layer, offset, buf, since)
+        self.shared.read_at(layer, offset, buf, u64::MAX, since)
+    }
+
+    /// [`Fetcher::read_at_since`] for a read of a file that ends at `file_end` of the layer's
+    /// stream: readahead stops at the span holding the file's last byte (a file read to its
+    /// end says nothing about the files after it).
+    pub fn read_file_at(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        file_end: u64,
+        since: Instant,
+    ) -> Result<usize, FetchError> {
+        self.shared.read_at(layer, offset, buf, file_end, since)
     }
 
     /// [`Fetcher::read_at`] for bytes that are in the cache already, without ever waiting:
@@ -328,7 +351,19 @@ impl Fetcher {
         offset: u64,
         buf: &mut [u8],
     ) -> Option<Result<usize, FetchError>> {
-        self.shared.read_cached(layer, offset, buf)
+        self.shared.read_cached(layer, offset, buf, u64::MAX)
+    }
+
+    /// [`Fetcher::read_cached`] for a read of a file that ends at `file_end` of the layer's
+    /// stream (see [`Fetcher::read_file_at`]).
+    pub fn read_file_cached(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        file_end: u64,
+    ) -> Option<Result<usize, FetchError>> {
+        self.shared.read_cached(layer, offset, buf, file_end)
     }
 
     /// Makes sure every span covering `range` of the layer's uncompressed stream is in the

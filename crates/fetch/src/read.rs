@@ -109,13 +109,14 @@ impl Shared {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
         since: Instant,
     ) -> Result<usize, FetchError> {
         let l = self.layer(layer)?;
         let Some(read) = self.map_read(l, offset, buf.len())? else {
             return Ok(0);
         };
-        self.note_access(l, &read.spans, read.offset, read.end);
+        self.note_access(l, &read.spans, read.offset, read.end, file_end);
         let deadline = self.deadline(since);
         let mut retried = false;
         let mut refetched = false;
@@ -125,7 +126,7 @@ impl Shared {
                 Ok(readies) => readies,
                 // Bytes that did not verify may have come from a mirror: with the mirrors now
                 // out of use, fetch once more, from the registry itself.
-                Err(FetchError::DigestMismatch { .. })
+                Err(FetchError::DigestMismatch { .. } | FetchError::WindowMismatch { .. })
                     if !refetched && self.source.has_mirrors() =>
                 {
                     refetched = true;
@@ -162,6 +163,7 @@ impl Shared {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
     ) -> Option<Result<usize, FetchError>> {
         let l = match self.layer(layer) {
             Ok(l) => l,
@@ -193,7 +195,7 @@ impl Shared {
         }
         // A read served here counts for readahead like any other: a sequential reader of
         // read-ahead spans keeps the window moving.
-        self.note_access(l, &read.spans, read.offset, read.end);
+        self.note_access(l, &read.spans, read.offset, read.end, file_end);
         Some(Ok(n))
     }
 

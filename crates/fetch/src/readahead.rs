@@ -77,8 +77,16 @@ fn plan(
 
 impl Shared {
     /// Remembers where a read of `[offset, end)` (over `spans`) ended, and queues readahead
-    /// when reads of the layer look sequential.
-    pub(crate) fn note_access(&self, l: &LayerState, spans: &[SpanRef], offset: u64, end: u64) {
+    /// when reads of the layer look sequential, up to the span that holds `file_end - 1` (the
+    /// end of the file being read) at most.
+    pub(crate) fn note_access(
+        &self,
+        l: &LayerState,
+        spans: &[SpanRef],
+        offset: u64,
+        end: u64,
+        file_end: u64,
+    ) {
         let ahead = self.options.readahead_spans;
         // Readahead needs a worker of its own besides the one kept for demand.
         if ahead == 0 || self.options.workers < 2 {
@@ -87,7 +95,14 @@ impl Shared {
         let Some(last) = spans.last() else {
             return;
         };
-        if let Some(spans) = plan(&l.readahead, offset, end, last.index, ahead, l.span_count) {
+        // Spans up to the one holding the file's last byte.
+        let limit = self
+            .archive
+            .spans(l.index)
+            .ok()
+            .and_then(|t| t.find(file_end.saturating_sub(1)))
+            .map_or(l.span_count, |i| i.saturating_add(1));
+        if let Some(spans) = plan(&l.readahead, offset, end, last.index, ahead, limit) {
             let job = Job::Spans {
                 layer: l.index,
                 spans: spans.collect(),

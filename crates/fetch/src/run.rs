@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clip_archive::Compression;
 use clip_registry::RegistryError;
 
-use crate::decode::{decode_span, span_len, DecodeError, MAX_GZIP_SPAN};
+use crate::decode::{decode_gzip_run, decode_span, span_len, DecodeError, MAX_GZIP_SPAN};
 use crate::fetcher::{bump, FetchResult, LayerState, Pending, Ready, Shared};
 use crate::queue::Priority;
 use crate::{FetchError, SpanRef};
@@ -129,6 +129,13 @@ impl Shared {
                 .max(last.span.info.compressed_end)
                 .saturating_sub(first.span.info.compressed_offset)
                 <= self.options.max_request_bytes
+            // A gzip run is inflated in one pass, in memory.
+            && (l.compression != Compression::Gzip
+                || span
+                    .info
+                    .uncompressed_end
+                    .saturating_sub(first.span.info.uncompressed_offset)
+                    <= MAX_GZIP_SPAN)
     }
 
     /// Whether a span is streamed into the cache rather than decoded in memory.
@@ -188,16 +195,49 @@ impl Shared {
         if priority == Priority::Fill && !self.throttle(end - start) {
             return; // shutting down: the claims are dropped (Cancelled)
         }
-        let fetched = if start < end {
-            bump(&self.counters.registry_requests, 1);
-            self.source.read_range(&l.digest, start..end)
-        } else {
-            Ok(Vec::new())
+        // The window the run needs (a gzip run is inflated in one pass from its first
+        // checkpoint), when the archive keeps it in the index blob: one more range read, at
+        // the same time as the run's own.
+        let windows_range = self.windows_range(l, run.first().map(|p| p.span.index).into_iter());
+        let read_layer = || {
+            if start < end {
+                bump(&self.counters.registry_requests, 1);
+                self.source.read_range(&l.digest, start..end)
+            } else {
+                Ok(Vec::new())
+            }
         };
-        let bytes = match fetched {
-            Ok(bytes) => {
+        let (fetched, windows) = match &windows_range {
+            None => (read_layer(), None),
+            Some((blob, range)) => std::thread::scope(|scope| {
+                let windows = scope.spawn(|| {
+                    bump(&self.counters.registry_requests, 1);
+                    self.source.read_range(blob, range.clone())
+                });
+                let fetched = read_layer();
+                let windows = windows.join().unwrap_or_else(|_| {
+                    Err(RegistryError::Protocol {
+                        url: blob.clone(),
+                        detail: "the window read panicked".to_string(),
+                    })
+                });
+                (fetched, Some(windows))
+            }),
+        };
+        // Either read failing fails the run (its claims: the readers try again).
+        let fetched = match windows {
+            Some(Err(e)) => Err(e),
+            Some(Ok(w)) => fetched.map(|bytes| {
+                bump(&self.counters.window_bytes_fetched, w.len() as u64);
+                let at = windows_range.as_ref().map_or(0, |(_, r)| r.start);
+                (bytes, Some((at, w)))
+            }),
+            None => fetched.map(|bytes| (bytes, None)),
+        };
+        let (bytes, windows) = match fetched {
+            Ok(fetched) => {
                 self.source_ok();
-                bytes
+                fetched
             }
             Err(e) => {
                 self.source_failed(l, &e);
@@ -214,6 +254,10 @@ impl Shared {
             }
         };
         bump(&self.counters.bytes_fetched, bytes.len() as u64);
+        if l.compression == Compression::Gzip && run.len() > 1 {
+            self.finish_gzip_run(l, run, &bytes, start, windows.as_ref(), priority);
+            return;
+        }
         for Pending { span, claim } in run {
             let info = &span.info;
             let slice = usize::try_from(info.compressed_offset - start)
@@ -221,7 +265,7 @@ impl Shared {
                 .zip(usize::try_from(info.compressed_end - start).ok())
                 .and_then(|(a, b)| bytes.get(a..b));
             let result = match slice {
-                Some(compressed) => self.finish_span(l, &span, compressed),
+                Some(compressed) => self.finish_span(l, &span, compressed, windows.as_ref()),
                 None => Err(FetchError::Registry {
                     layer_digest: l.digest.to_string(),
                     span: Some(span.index),
@@ -266,9 +310,81 @@ impl Shared {
     }
 
     /// Verifies, decodes and caches one span from exactly its compressed bytes.
-    fn finish_span(&self, l: &LayerState, span: &SpanRef, compressed: &[u8]) -> FetchResult {
-        let window = self.window(l, span)?;
-        let content = match decode_span(l.compression, &span.info, &window, compressed) {
+    fn finish_span(
+        &self,
+        l: &LayerState,
+        span: &SpanRef,
+        compressed: &[u8],
+        windows: Option<&(u64, Vec<u8>)>,
+    ) -> FetchResult {
+        let window = self.window(l, span, windows)?;
+        let decoded = decode_span(l.compression, &span.info, &window, compressed);
+        self.decoded(l, span, decoded)
+    }
+
+    /// Verifies, inflates (in one pass from the first span's checkpoint) and caches a run of
+    /// neighbouring gzip spans from the run's bytes (`bytes`, from blob offset `start`), and
+    /// completes every claim.
+    fn finish_gzip_run(
+        &self,
+        l: &LayerState,
+        run: Vec<Pending>,
+        bytes: &[u8],
+        start: u64,
+        windows: Option<&(u64, Vec<u8>)>,
+        priority: Priority,
+    ) {
+        let Some(first) = run.first() else {
+            return;
+        };
+        let first_index = first.span.index;
+        let window = match self.window(l, &first.span, windows) {
+            Ok(window) => window,
+            Err(e) => {
+                for Pending { claim, .. } in run {
+                    self.complete(l, claim, Err(e.clone()), priority);
+                }
+                return;
+            }
+        };
+        let infos: Vec<_> = run.iter().map(|p| p.span.info).collect();
+        // Every slice is within `bytes`: the run was read from the first span's start to the
+        // furthest end (a short answer fails the run before this).
+        let slices: Vec<&[u8]> = infos
+            .iter()
+            .map(|i| {
+                let at = |o: u64| usize::try_from(o.saturating_sub(start)).unwrap_or(usize::MAX);
+                bytes
+                    .get(at(i.compressed_offset)..at(i.compressed_end))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let from_first = usize::try_from(first.span.info.compressed_offset.saturating_sub(start))
+            .ok()
+            .and_then(|at| bytes.get(at..))
+            .unwrap_or_default();
+        let results = decode_gzip_run(&infos, &window, &slices, from_first);
+        for (Pending { span, claim }, decoded) in run.into_iter().zip(results) {
+            let decoded = decoded.map_err(|e| match e {
+                DecodeError::AfterRefused { span } => DecodeError::AfterRefused {
+                    span: first_index + span,
+                },
+                e => e,
+            });
+            let result = self.decoded(l, &span, decoded);
+            self.complete(l, claim, result, priority);
+        }
+    }
+
+    /// A span's decoded, verified content (or why there is none) into the cache: counts and
+    /// logs what did not verify.
+    fn decoded(
+        &self,
+        l: &LayerState,
+        span: &SpanRef,
+        decoded: Result<crate::decode::Verified<'_>, DecodeError>,
+    ) -> FetchResult {
+        let content = match decoded {
             Ok(content) => content,
             Err(DecodeError::DigestMismatch { found }) => {
                 return Err(self.digest_mismatch(l, span.index, &span.info, found));

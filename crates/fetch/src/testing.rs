@@ -293,6 +293,22 @@ pub struct TestLayer {
     pub span: usize,
 }
 
+/// Metadata of a test image named `reference` (linux/amd64, an empty config).
+pub fn image_meta(reference: &str) -> ImageMeta {
+    ImageMeta {
+        reference: reference.into(),
+        manifest_digest: sha256_digest(b"manifest"),
+        manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        platform: Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        },
+        config_digest: sha256_digest(b"config"),
+        config: "{}".into(),
+    }
+}
+
 /// An archive (with an empty tree) of `layers`, and a [`MemorySource`] holding their blobs.
 pub fn image(
     layers: &[TestLayer],
@@ -318,18 +334,7 @@ pub fn image(
             spans,
         });
     }
-    let meta = ImageMeta {
-        reference: "memory.test/image:1".into(),
-        manifest_digest: sha256_digest(b"manifest"),
-        manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-        platform: Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        },
-        config_digest: sha256_digest(b"config"),
-        config: "{}".into(),
-    };
+    let meta = image_meta("memory.test/image:1");
     let tree = Tree::new(Inode::new(FileType::Directory, 0o755));
     let bytes = write_archive(&meta, &out, &tree)?;
     Ok((Arc::new(Archive::open_owned(bytes)?), source))

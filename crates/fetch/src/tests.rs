@@ -168,6 +168,33 @@ fn one_fetch_per_span_however_many_readers() {
 }
 
 #[test]
+fn readahead_stops_at_the_end_of_the_file_being_read() {
+    let s = setup(vec![plain(0, 20)]);
+    let f = s.fetcher(|o| o.readahead_spans = 4);
+    // A file of spans 0..3 (ending inside span 2), read sequentially to its end.
+    let file_end = 2 * SPAN as u64 + 500;
+    let mut buf = vec![0; SPAN];
+    for at in [0, SPAN as u64] {
+        assert_eq!(
+            f.read_file_at(0, at, &mut buf, file_end, Instant::now())
+                .unwrap(),
+            SPAN
+        );
+    }
+    assert!(f.wait_idle(WAIT));
+    assert_eq!(f.stats().readahead_spans, 1, "span 2, the file's last");
+    // The same reads of a file that goes on: four spans ahead.
+    let g = setup(vec![plain(0, 20)]);
+    let f = g.fetcher(|o| o.readahead_spans = 4);
+    for at in [0, SPAN as u64] {
+        f.read_file_at(0, at, &mut buf, 20 * SPAN as u64, Instant::now())
+            .unwrap();
+    }
+    assert!(f.wait_idle(WAIT));
+    assert_eq!(f.stats().readahead_spans, 4, "spans 2..6");
+}
+
+#[test]
 fn demand_is_served_while_readahead_stalls_and_queued_readahead_waits() {
     let s = setup(vec![plain(0, 20), plain(1, 20), plain(2, 20)]);
     // Spans 0 and 1 of layers 0 and 2 are cached by an earlier fetcher without readahead.
@@ -346,12 +373,14 @@ fn shutting_down_cancels_queued_fetches_and_lets_running_ones_finish() {
     std::thread::scope(|scope| {
         let first = scope.spawn(|| {
             let mut buf = vec![0; SPAN];
-            shared.read_at(0, 0, &mut buf, Instant::now()).map(|_| buf)
+            shared
+                .read_at(0, 0, &mut buf, u64::MAX, Instant::now())
+                .map(|_| buf)
         });
         assert!(s.source.wait_for_requests(1, WAIT));
         let second = scope.spawn(|| {
             let mut buf = vec![0; SPAN];
-            shared.read_at(0, 5 * SPAN as u64, &mut buf, Instant::now())
+            shared.read_at(0, 5 * SPAN as u64, &mut buf, u64::MAX, Instant::now())
         });
         until("the second read missed", || {
             shared.stats().cache_misses == 2
@@ -377,7 +406,9 @@ fn a_panicking_fetch_fails_its_readers_and_the_worker_goes_on() {
     let shared = s.shared(|o| o.workers = 1);
     let mut buf = vec![0u8; 10];
     shared.panic_in_fetch.store(true, Ordering::SeqCst);
-    let err = shared.read_at(0, 0, &mut buf, Instant::now()).unwrap_err();
+    let err = shared
+        .read_at(0, 0, &mut buf, u64::MAX, Instant::now())
+        .unwrap_err();
     assert!(
         matches!(err, FetchError::Panicked { span: 0, .. }),
         "{err:?}"
@@ -386,7 +417,12 @@ fn a_panicking_fetch_fails_its_readers_and_the_worker_goes_on() {
     assert!(shared.wait_idle(WAIT));
     // The same worker takes the next job, and the failed span was not remembered as claimed.
     shared.panic_in_fetch.store(false, Ordering::SeqCst);
-    assert_eq!(shared.read_at(0, 0, &mut buf, Instant::now()).unwrap(), 10);
+    assert_eq!(
+        shared
+            .read_at(0, 0, &mut buf, u64::MAX, Instant::now())
+            .unwrap(),
+        10
+    );
     assert_eq!(&buf[..], s.bytes(0, 0, 10));
     assert_eq!(shared.stats().timeouts, 0);
     shared.shutdown();

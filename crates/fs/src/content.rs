@@ -18,11 +18,14 @@ pub trait ContentSource: Send + Sync {
     /// for the rest); `Ok(0)` means nothing is there (the core then reports `EIO` if it
     /// expected bytes). `since` is when the read was asked for (a filesystem request arrived):
     /// a time budget for the read counts from then, time spent queueing included.
+    /// `file_end` is where the file being read ends in the layer's stream: a read never asks
+    /// past it, and a source that fetches ahead of reads need not go past it either.
     fn read_at(
         &self,
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
         since: Instant,
     ) -> Result<usize, ContentError>;
 
@@ -46,6 +49,7 @@ pub trait ContentSource: Send + Sync {
         _layer: u32,
         _offset: u64,
         _buf: &mut [u8],
+        _file_end: u64,
     ) -> Option<Result<usize, ContentError>> {
         None
     }

@@ -250,8 +250,8 @@ impl FsCore {
             Ok(node) => node,
             Err(err) => return Some(Err(err)),
         };
-        self.fill(&node, offset, buf, |layer, at, rest| {
-            match self.content.read_cached(layer, at, rest) {
+        self.fill(&node, offset, buf, |layer, at, rest, file_end| {
+            match self.content.read_cached(layer, at, rest, file_end) {
                 // "Nothing there" is for `read_at` to say (it reports the error).
                 None | Some(Ok(0)) => Err(()),
                 Some(answer) => Ok(answer),
@@ -360,8 +360,8 @@ impl FsCore {
         buf: &mut [u8],
         since: Instant,
     ) -> Result<usize, FsError> {
-        let Ok(read) = self.fill(node, offset, buf, |layer, at, rest| {
-            Ok::<_, Infallible>(self.content.read_at(layer, at, rest, since))
+        let Ok(read) = self.fill(node, offset, buf, |layer, at, rest, file_end| {
+            Ok::<_, Infallible>(self.content.read_at(layer, at, rest, file_end, since))
         });
         read
     }
@@ -374,7 +374,7 @@ impl FsCore {
         node: &InodeRef<'_>,
         offset: u64,
         buf: &mut [u8],
-        mut source: impl FnMut(u32, u64, &mut [u8]) -> Result<Result<usize, ContentError>, M>,
+        mut source: impl FnMut(u32, u64, &mut [u8], u64) -> Result<Result<usize, ContentError>, M>,
     ) -> Result<Result<usize, FsError>, M> {
         let ino = node.ino();
         let size = node.size();
@@ -387,10 +387,11 @@ impl FsCore {
         };
         // The archive checked that data.offset + size fits in the layer, and offset < size.
         let start = loc.offset.saturating_add(offset);
+        let file_end = loc.offset.saturating_add(size);
         let mut done = 0;
         while let Some(rest) = buf.get_mut(done..len).filter(|r| !r.is_empty()) {
             let at = start.saturating_add(done as u64);
-            match source(loc.layer, at, rest)? {
+            match source(loc.layer, at, rest, file_end)? {
                 Ok(0) => {
                     return Ok(Err(FsError::ShortContent {
                         ino,
@@ -928,6 +929,7 @@ mod tests {
             _: u32,
             _: u64,
             _: &mut [u8],
+            _: u64,
             _: std::time::Instant,
         ) -> Result<usize, ContentError> {
             panic!("read_cached must not fall back to read_at");
@@ -938,6 +940,7 @@ mod tests {
             _: u32,
             _: u64,
             buf: &mut [u8],
+            _: u64,
         ) -> Option<Result<usize, ContentError>> {
             self.0.clone().map(|r| r.map(|n| n.min(buf.len())))
         }
@@ -1064,6 +1067,7 @@ mod tests {
             layer: u32,
             offset: u64,
             buf: &mut [u8],
+            file_end: u64,
             since: std::time::Instant,
         ) -> Result<usize, ContentError> {
             self.calls.fetch_add(1, Ordering::Relaxed);
@@ -1071,7 +1075,8 @@ mod tests {
                 // One byte at a time.
                 0 => {
                     let one = buf.len().min(1);
-                    self.inner.read_at(layer, offset, &mut buf[..one], since)
+                    self.inner
+                        .read_at(layer, offset, &mut buf[..one], file_end, since)
                 }
                 1 => Err(ContentError::new(libc::ETIMEDOUT, "registry stalled")),
                 2 => Err(ContentError::new(0, "no errno")),

@@ -247,6 +247,7 @@ impl ContentSource for MemoryContent {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        _file_end: u64,
         _since: std::time::Instant,
     ) -> Result<usize, ContentError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -266,6 +267,7 @@ impl ContentSource for MemoryContent {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        _file_end: u64,
     ) -> Option<Result<usize, ContentError>> {
         self.cached_reads.fetch_add(1, Ordering::SeqCst);
         let range = self

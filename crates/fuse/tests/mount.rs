@@ -430,10 +430,11 @@ impl ContentSource for Panicky {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
         since: std::time::Instant,
     ) -> Result<usize, ContentError> {
         assert_ne!(layer, 2, "injected panic: read_at of layer 2");
-        self.0.read_at(layer, offset, buf, since)
+        self.0.read_at(layer, offset, buf, file_end, since)
     }
 
     fn read_cached(
@@ -441,9 +442,10 @@ impl ContentSource for Panicky {
         layer: u32,
         offset: u64,
         buf: &mut [u8],
+        file_end: u64,
     ) -> Option<Result<usize, ContentError>> {
         assert_ne!(layer, 3, "injected panic: read_cached of layer 3");
-        self.0.read_cached(layer, offset, buf)
+        self.0.read_cached(layer, offset, buf, file_end)
     }
 }
 

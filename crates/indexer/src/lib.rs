@@ -29,7 +29,7 @@ use clip_registry::{Client, Platform as RegistryPlatform, Reference, RegistryErr
 
 /// Default distance between seek checkpoints, in uncompressed bytes. See `docs/FORMAT.md`
 /// ("Choosing the span") for the measurement behind it.
-pub const DEFAULT_SPAN: u64 = 1 << 20;
+pub const DEFAULT_SPAN: u64 = 128 << 10;
 
 /// Why one layer could not be indexed. Every message names the tar offset and, when known, the
 /// entry (an excerpt: quoted, escaped, cut after 100 bytes), once.

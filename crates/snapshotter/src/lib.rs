@@ -76,5 +76,5 @@ mod tests;
 
 pub use crate::error::Error;
 pub use crate::meta::Kind;
-pub use crate::remote::{chain_id, BoxError, Images, IndexedImage, LayerRequest};
+pub use crate::remote::{chain_id, BoxError, Images, IndexedImage, LayerRequest, MountSource};
 pub use crate::snapshotter::{Info, Mount, Snapshotter, Usage};

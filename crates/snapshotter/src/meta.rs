@@ -143,6 +143,10 @@ pub struct Image {
     pub index: PathBuf,
     /// Number of layers.
     pub layers: usize,
+    /// The complete index blob in the image's repository, when `index` holds only the
+    /// metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_blob: Option<String>,
 }
 
 /// Everything persisted.

@@ -75,8 +75,11 @@ pub struct IndexedImage {
     pub reference: String,
     /// The manifest digest.
     pub manifest_digest: String,
-    /// The index file, kept (in clip's local index store) for as long as the image is used.
+    /// The index file (in clip's local index store; the snapshotter keeps a copy).
     pub index: PathBuf,
+    /// The complete index blob in the image's repository, when `index` may hold only its
+    /// metadata: where the mount reads seek windows from.
+    pub windows_blob: Option<String>,
     /// The layers bottom up: blob digest and `diff_id`.
     pub layers: Vec<(String, String)>,
 }
@@ -106,6 +109,17 @@ pub fn chain_id(diff_ids: &[&str]) -> String {
     })
 }
 
+/// What a clip mount serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountSource<'a> {
+    /// The image reference, pinned to its manifest digest.
+    pub reference: &'a str,
+    /// The index file.
+    pub index: &'a Path,
+    /// Where the seek windows are, when the index file holds only the metadata.
+    pub windows_blob: Option<&'a str>,
+}
+
 /// How the snapshotter reaches clip images; the CLI implements it (registry, index store,
 /// mount daemons). The snapshotter never decodes an index nor fetches a byte itself.
 ///
@@ -116,11 +130,10 @@ pub trait Images: Send + Sync {
     /// registry; `Ok(None)` when there is none (the layer then takes the normal path).
     fn find(&self, request: &LayerRequest) -> Result<Option<IndexedImage>, BoxError>;
 
-    /// Mounts `index` (of image `reference`) read-only at `dir` (an existing empty
-    /// directory), served by a process that outlives the snapshotter, logging to `log`;
-    /// returns once the mount is ready, with the serving process's pid.
-    fn mount(&self, reference: &str, index: &Path, dir: &Path, log: &Path)
-        -> Result<u32, BoxError>;
+    /// Mounts `image` read-only at `dir` (an existing empty directory), served by a process
+    /// that outlives the snapshotter, logging to `log`; returns once the mount is ready, with
+    /// the serving process's pid.
+    fn mount(&self, image: &MountSource<'_>, dir: &Path, log: &Path) -> Result<u32, BoxError>;
 
     /// Unmounts `dir`, also when its process died; lazily when it is busy.
     fn unmount(&self, dir: &Path) -> Result<(), BoxError>;

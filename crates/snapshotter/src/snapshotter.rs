@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::filter::{Fields, Filter};
 use crate::meta::{Image, Kind, Remote, Snapshot, State, Store, Time};
-use crate::remote::{Images, IndexedImage, LayerRequest, LABEL_REMOTE, LABEL_TARGET};
+use crate::remote::{Images, IndexedImage, LayerRequest, MountSource, LABEL_REMOTE, LABEL_TARGET};
 
 /// The longest key or name accepted.
 pub const MAX_KEY_LEN: usize = 4096;
@@ -328,9 +328,14 @@ impl Snapshotter {
         }
         mkdir(&dir, 0o700)?;
         mkdir(&mnt, 0o755)?;
+        let source = MountSource {
+            reference: &image.reference,
+            index: &image.index,
+            windows_blob: image.windows_blob.as_deref(),
+        };
         let pid = self
             .images
-            .mount(&image.reference, &image.index, &mnt, &dir.join("mount.log"))
+            .mount(&source, &mnt, &dir.join("mount.log"))
             .map_err(|e| failed(e.to_string()))?;
         tracing::info!(image = %digest, pid, mnt = %mnt.display(), "clip mount started");
         Ok(mnt)
@@ -477,6 +482,7 @@ impl Snapshotter {
             reference: image.reference.clone(),
             index,
             layers: image.layers.len(),
+            windows_blob: image.windows_blob.clone(),
         });
         if let Err(e) = self.store.save(&next) {
             let _ = fs::remove_dir_all(&dir);

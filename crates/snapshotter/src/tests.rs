@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::remote::{chain_id, BoxError, Images, IndexedImage, LayerRequest, LABEL_TARGET};
+use crate::remote::{
+    chain_id, BoxError, Images, IndexedImage, LayerRequest, MountSource, LABEL_TARGET,
+};
 use crate::{Error, Kind, Snapshotter};
 
 #[derive(Default)]
@@ -20,12 +22,13 @@ impl Images for FakeImages {
         *self.finds.lock().expect("lock") += 1;
         Ok(self.image.clone())
     }
-    fn mount(&self, reference: &str, index: &Path, _: &Path, _: &Path) -> Result<u32, BoxError> {
-        assert!(index.is_file(), "the index copy exists");
-        self.mounts
-            .lock()
-            .expect("lock")
-            .push((reference.to_string(), index.display().to_string()));
+    fn mount(&self, image: &MountSource<'_>, _: &Path, _: &Path) -> Result<u32, BoxError> {
+        assert!(image.index.is_file(), "the index copy exists");
+        assert_eq!(image.windows_blob, Some("sha256:w"));
+        self.mounts.lock().expect("lock").push((
+            image.reference.to_string(),
+            image.index.display().to_string(),
+        ));
         Ok(1)
     }
     fn unmount(&self, _: &Path) -> Result<(), BoxError> {
@@ -199,6 +202,7 @@ fn an_indexed_image_is_served_by_its_top_layer() {
             reference: "r.example/app@sha256:m".into(),
             manifest_digest: "sha256:0123abcd".into(),
             index,
+            windows_blob: Some("sha256:w".into()),
             layers: vec![
                 ("sha256:b0".into(), diff[0].into()),
                 ("sha256:b1".into(), diff[1].into()),

@@ -22,6 +22,11 @@ pub const INDEX_MEDIA_TYPE: &str = "application/vnd.clip.index.v1.clip";
 pub const FORMAT_ANNOTATION: &str = "dev.clip.index.format";
 /// Largest index blob accepted from a registry (the size comes from the artifact manifest).
 pub const MAX_INDEX_BYTES: u64 = 2 << 30;
+/// Annotation on the index layer: the length of the index's metadata, the prefix of the blob
+/// that a node downloads (the seek windows after it are read by range when a span needs one).
+pub const METADATA_LENGTH_ANNOTATION: &str = "dev.clip.index.metadata.length";
+/// Annotation on the index layer: the sha256 digest of that prefix, which verifies it.
+pub const METADATA_DIGEST_ANNOTATION: &str = "dev.clip.index.metadata.digest";
 
 /// The `artifactType` of a startup profile artifact.
 pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.clip.profile.v1";
@@ -89,6 +94,13 @@ fn format_annotations() -> BTreeMap<String, String> {
     BTreeMap::from([(FORMAT_ANNOTATION.to_string(), FORMAT_VERSION.to_string())])
 }
 
+/// The one blob of an artifact, with the annotations of its layer descriptor.
+struct Blob<'a> {
+    digest: &'a str,
+    bytes: &'a [u8],
+    annotations: BTreeMap<String, String>,
+}
+
 /// One kind of clip artifact.
 struct Kind {
     artifact_type: &'static str,
@@ -119,11 +131,12 @@ const PROFILE: Kind = Kind {
 /// `annotations`. Deterministic: the same blob and annotations give the same manifest.
 fn artifact_manifest(
     kind: &Kind,
-    digest: &str,
-    size: u64,
+    blob: &Blob<'_>,
     subject: &Subject,
     annotations: BTreeMap<String, String>,
 ) -> Vec<u8> {
+    let mut layer_annotations = blob.annotations.clone();
+    layer_annotations.insert(TITLE_ANNOTATION.to_string(), kind.title.to_string());
     let manifest = ArtifactManifest {
         schema_version: 2,
         media_type: OCI_IMAGE_MANIFEST.to_string(),
@@ -137,10 +150,10 @@ fn artifact_manifest(
         },
         layers: vec![Descriptor {
             media_type: kind.layer_media_type.to_string(),
-            digest: digest.to_string(),
-            size,
+            digest: blob.digest.to_string(),
+            size: blob.bytes.len() as u64,
             artifact_type: None,
-            annotations: BTreeMap::from([(TITLE_ANNOTATION.to_string(), kind.title.to_string())]),
+            annotations: layer_annotations,
         }],
         subject: Descriptor {
             media_type: subject.media_type.clone(),
@@ -181,11 +194,27 @@ pub fn push(
             ),
         });
     }
+    if !parsed.has_windows() {
+        return Err(StoreError::Archive {
+            what,
+            error: clip_archive::ArchiveError::WindowsAbsent,
+        });
+    }
+    let metadata = archive
+        .get(..usize::try_from(parsed.metadata_len()).unwrap_or(usize::MAX))
+        .unwrap_or(archive);
     let ours = FORMAT_VERSION.to_string();
     push_artifact(
         client,
         image,
         archive,
+        BTreeMap::from([
+            (
+                METADATA_LENGTH_ANNOTATION.to_string(),
+                metadata.len().to_string(),
+            ),
+            (METADATA_DIGEST_ANNOTATION.to_string(), sha256(metadata)),
+        ]),
         subject,
         &INDEX,
         format_annotations(),
@@ -209,6 +238,7 @@ pub fn push_profile(
         client,
         image,
         profile,
+        BTreeMap::new(),
         subject,
         &PROFILE,
         BTreeMap::from([(CREATED_ANNOTATION.to_string(), created)]),
@@ -219,10 +249,12 @@ pub fn push_profile(
 /// Uploads `blob` as an artifact of `kind` about `subject`, and lists it among the subject's
 /// referrers (the registry does it itself, or the referrers tag is updated, dropping the
 /// entries `replaces` matches).
+#[allow(clippy::too_many_arguments)]
 fn push_artifact(
     client: &Client,
     image: &Reference,
     blob: &[u8],
+    layer_annotations: BTreeMap<String, String>,
     subject: &Subject,
     kind: &Kind,
     annotations: BTreeMap<String, String>,
@@ -232,8 +264,11 @@ fn push_artifact(
     client.push_blob(image, EMPTY)?;
     let manifest = artifact_manifest(
         kind,
-        &blob_digest,
-        blob.len() as u64,
+        &Blob {
+            digest: &blob_digest,
+            bytes: blob,
+            annotations: layer_annotations,
+        },
         subject,
         annotations.clone(),
     );
@@ -375,6 +410,52 @@ pub(crate) fn index_blob(
     )
 }
 
+/// The metadata prefix of an index blob as its layer's annotations name it: its length and
+/// sha256 digest; `None` when the layer names none (then the whole blob is the index to
+/// download). Annotations that are present but malformed make the artifact bad.
+pub(crate) fn index_metadata(
+    image: &Reference,
+    artifact: &Descriptor,
+    blob: &Descriptor,
+) -> Result<Option<(u64, String)>, StoreError> {
+    let bad = |reason: String| StoreError::BadArtifact {
+        digest: artifact.digest.clone(),
+        repository: format!("{}/{}", image.registry, image.repository),
+        what: INDEX.noun,
+        reason,
+    };
+    let (Some(len), Some(digest)) = (
+        blob.annotations.get(METADATA_LENGTH_ANNOTATION),
+        blob.annotations.get(METADATA_DIGEST_ANNOTATION),
+    ) else {
+        return Ok(None);
+    };
+    let len: u64 = len
+        .parse()
+        .ok()
+        .filter(|&n| n > 0 && n <= blob.size)
+        .ok_or_else(|| {
+            bad(format!(
+                "its metadata length {len:?} is not a length within the {}-byte blob",
+                blob.size
+            ))
+        })?;
+    let well_formed = digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    if !well_formed {
+        return Err(bad(format!(
+            "its metadata digest {digest:?} is not a sha256 digest"
+        )));
+    }
+    Ok(Some((len, digest.clone())))
+}
+
+/// The sha256 digest of `data`, as `sha256:<hex>`.
+pub(crate) fn digest_of(data: &[u8]) -> String {
+    sha256(data)
+}
+
 /// The one blob an artifact manifest of `kind` names, after checking the manifest: its type,
 /// that its subject is `subject_digest`, one layer of the kind's media type and at most its
 /// size, and whatever `check` says of it.
@@ -436,10 +517,16 @@ mod tests {
             size: 1234,
         };
         let digest = format!("sha256:{}", "b".repeat(64));
-        let one = artifact_manifest(&INDEX, &digest, 99, &subject, format_annotations());
+        let bytes = [0u8; 99];
+        let blob = || Blob {
+            digest: &digest,
+            bytes: &bytes,
+            annotations: BTreeMap::from([(METADATA_LENGTH_ANNOTATION.to_string(), "9".into())]),
+        };
+        let one = artifact_manifest(&INDEX, &blob(), &subject, format_annotations());
         assert_eq!(
             one,
-            artifact_manifest(&INDEX, &digest, 99, &subject, format_annotations())
+            artifact_manifest(&INDEX, &blob(), &subject, format_annotations())
         );
         let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
         assert_eq!(v["artifactType"], ARTIFACT_TYPE);
@@ -451,6 +538,14 @@ mod tests {
         assert_eq!(v["layers"][0]["mediaType"], INDEX_MEDIA_TYPE);
         assert_eq!(v["layers"][0]["digest"], digest.as_str());
         assert_eq!(v["layers"][0]["size"], 99);
+        assert_eq!(
+            v["layers"][0]["annotations"][METADATA_LENGTH_ANNOTATION],
+            "9"
+        );
+        assert_eq!(
+            v["layers"][0]["annotations"][TITLE_ANNOTATION],
+            "index.clip"
+        );
         assert_eq!(v["subject"]["digest"], subject.digest.as_str());
         assert_eq!(v["subject"]["size"], 1234);
         assert_eq!(

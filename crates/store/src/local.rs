@@ -16,17 +16,21 @@ use clip_sys::private::{open_dir_at, open_private_dir, FILE_MODE};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{index_blob, profile_blob};
+use crate::artifact::{digest_of, index_blob, index_metadata, profile_blob};
 use crate::{FoundIndex, Profile, StoreError};
 
 /// Where an index in the store came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
 pub enum Origin {
-    /// Downloaded from the image's repository: the artifact manifest's digest.
+    /// Downloaded from the image's repository.
     Registry {
         /// The artifact manifest digest.
         artifact: String,
+        /// The index blob's digest, when only its metadata was downloaded: the seek windows
+        /// are read from this blob, in the image's repository, by range.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        blob: Option<String>,
     },
     /// Made on this machine (`clip index`).
     Local,
@@ -289,9 +293,12 @@ impl IndexStore {
     }
 
     /// Downloads the index artifact `found` of `image` into the store: the artifact manifest
-    /// checked, the index blob verified against its digest while it streams to a temp file,
-    /// the archive opened (checksum, structure) and bound to `resolved` (the image as the
-    /// registry describes it now) with [`check_binding`]; only then published.
+    /// checked; the index's metadata alone when the manifest names its length and digest
+    /// (one range read, verified against that digest: the seek windows stay in the registry,
+    /// read by range when a span needs one), else the whole blob (verified against its digest
+    /// while it streams to a temp file); the archive opened (checksum, structure) and bound to
+    /// `resolved` (the image as the registry describes it now) with [`check_binding`]; only
+    /// then published.
     pub fn download(
         &self,
         client: &Client,
@@ -300,29 +307,53 @@ impl IndexStore {
         resolved: &ResolvedImage,
     ) -> Result<StoredIndex, StoreError> {
         let blob = index_blob(client, image, &found.artifact, &resolved.manifest_digest)?;
+        let metadata = index_metadata(image, &found.artifact, &blob)?;
         let stem = self.stem(&resolved.manifest_digest)?;
         let (temp, mut file) = self.temp_file(&stem)?;
+        let what = format!("{} of {image}", found.artifact.digest);
         let downloaded = (|| {
-            let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
-            io::copy(&mut reader, &mut file).map_err(|e| {
-                match clip_registry::RegistryError::from_io(&e) {
-                    Some(_) => StoreError::Registry(into_registry_error(e)),
-                    None => self.io(&temp, e),
+            let bytes = match &metadata {
+                Some((len, digest)) => {
+                    let bytes = client.fetch_range(image, &blob.digest, 0..*len)?;
+                    if bytes.len() as u64 != *len || digest_of(&bytes) != *digest {
+                        return Err(StoreError::BadArtifact {
+                            digest: found.artifact.digest.clone(),
+                            repository: format!("{}/{}", image.registry, image.repository),
+                            what: "clip index",
+                            reason: format!(
+                                "the first {len} bytes of its blob {} are not the metadata \
+                                 its manifest names ({digest})",
+                                blob.digest
+                            ),
+                        });
+                    }
+                    file.write_all(&bytes)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| self.io(&temp, e))?;
+                    bytes
                 }
-            })?;
-            file.sync_all().map_err(|e| self.io(&temp, e))?;
-            let mut bytes = Vec::new();
-            let mut reread = self.open_file(&temp)?;
-            reread
-                .read_to_end(&mut bytes)
-                .map_err(|e| self.io(&temp, e))?;
-            let what = format!("{} of {image}", found.artifact.digest);
+                None => {
+                    let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
+                    io::copy(&mut reader, &mut file).map_err(|e| {
+                        match clip_registry::RegistryError::from_io(&e) {
+                            Some(_) => StoreError::Registry(into_registry_error(e)),
+                            None => self.io(&temp, e),
+                        }
+                    })?;
+                    file.sync_all().map_err(|e| self.io(&temp, e))?;
+                    let mut bytes = Vec::new();
+                    self.open_file(&temp)?
+                        .read_to_end(&mut bytes)
+                        .map_err(|e| self.io(&temp, e))?;
+                    bytes
+                }
+            };
             let archive = Archive::open(&bytes).map_err(|error| StoreError::Archive {
                 what: what.clone(),
                 error,
             })?;
             check_binding(&archive, resolved).map_err(|reason| StoreError::NotBound {
-                what,
+                what: what.clone(),
                 image: image.to_string(),
                 reason,
             })
@@ -333,6 +364,7 @@ impl IndexStore {
             &stem,
             &Origin::Registry {
                 artifact: found.artifact.digest.clone(),
+                blob: metadata.map(|_| blob.digest.clone()),
             },
         )
     }
@@ -509,6 +541,7 @@ mod tests {
         assert_eq!(store.get(&d).unwrap(), None);
         let origin = Origin::Registry {
             artifact: format!("sha256:{}", "ef".repeat(32)),
+            blob: Some(format!("sha256:{}", "01".repeat(32))),
         };
         let stored = store
             .insert(&d, b"not really an index", origin.clone())
