@@ -15,6 +15,10 @@ packages=(
   time              # peak memory in the benchmark
   strace            # the file-granular floor of a start, in the benchmarks
   jq                # the demo script reads clip's JSON
+  protobuf-compiler # protoc: the build of containerd-snapshots (clip snapshotter's gRPC types)
+  containerd        # clip snapshotter's tests: a real containerd (1.6, with its CRI plugin)
+  stargz-snapshotter  # ctr-remote: `image rpull`, a lazy pull through any remote snapshotter
+  containernetworking-plugins  # CNI plugins for the CRI plugin's sandboxes
 )
 
 missing=()

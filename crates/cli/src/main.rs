@@ -1,6 +1,7 @@
-//! The `clip` command: glue between the stages (index, inspect, mount, umount, stats, run). Each
-//! subcommand parses its flags, calls the library crates and renders the result; no format,
-//! protocol or filesystem logic lives here. This is the only crate that uses `anyhow`.
+//! The `clip` command: glue between the stages (index, inspect, mount, umount, stats, run,
+//! snapshotter). Each subcommand parses its flags, calls the library crates and renders the
+//! result; no format, protocol or filesystem logic lives here. This is the only crate that
+//! uses `anyhow`.
 
 #![forbid(unsafe_code)]
 
@@ -9,6 +10,7 @@ mod cmd_inspect;
 mod cmd_mount;
 mod cmd_pull;
 mod cmd_run;
+mod cmd_snapshotter;
 mod creds;
 mod record;
 mod source;
@@ -43,6 +45,9 @@ enum Command {
     Stats(cmd_mount::StatsArgs),
     /// Run a container from an image (or a .clip index) with an OCI runtime, as `docker run` does.
     Run(Box<cmd_run::Args>),
+    /// Serve containerd as a remote snapshotter: images with a clip index start without
+    /// pulling their layers, others are pulled as usual.
+    Snapshotter(cmd_snapshotter::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => cmd_mount::run(args),
         Command::Umount(args) => cmd_mount::umount(args),
         Command::Stats(args) => cmd_mount::stats(args),
+        Command::Snapshotter(args) => cmd_snapshotter::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

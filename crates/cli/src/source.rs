@@ -233,15 +233,7 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
         None => args.registry.client_for(&reference)?,
     };
     let located = |path: PathBuf, found: Found| Located {
-        windows_blob: match &found {
-            Found::Store(Origin::Registry { blob, .. })
-            | Found::Remembered {
-                origin: Origin::Registry { blob, .. },
-                ..
-            } => blob.clone(),
-            Found::Registry { blob, .. } => blob.clone(),
-            _ => None,
-        },
+        windows_blob: windows_blob(&found),
         path,
         found,
         image: Some(reference.clone()),
@@ -283,46 +275,8 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
         Err(e) => return Err(anyhow::Error::new(e).context(format!("resolving {reference}"))),
     };
 
-    if let Some(stored) = store.get(&resolved.manifest_digest)? {
-        match bound(&stored.path, &resolved) {
-            Ok(()) => {
-                // A profile pushed since the index was stored is worth one more request.
-                if matches!(store.profile(&resolved.manifest_digest), Ok(None)) {
-                    match clip_store::find_profile(&client, &reference, &resolved.manifest_digest) {
-                        Ok(found) => keep_profile(&store, &client, &reference, found, &resolved),
-                        Err(e) => tracing::warn!("looking for a startup profile: {e}"),
-                    }
-                }
-                return Ok(located(stored.path, Found::Store(stored.origin)));
-            }
-            Err(reason) => {
-                tracing::warn!(index = %stored.path.display(), %reason,
-                    "the stored index does not fit the image; fetching it again");
-                store.remove(&resolved.manifest_digest)?;
-            }
-        }
-    }
-    let artifacts = clip_store::find_artifacts(&client, &reference, &resolved.manifest_digest)?;
-    if let Some(found) = artifacts.index {
-        // The profile comes down at the same time as the index (kept even if the index
-        // download fails: it is used once an index is there).
-        let stored = std::thread::scope(|scope| {
-            scope.spawn(|| keep_profile(&store, &client, &reference, artifacts.profile, &resolved));
-            store
-                .download(&client, &reference, &found, &resolved)
-                .with_context(|| format!("downloading the index of {reference}"))
-        })?;
-        return Ok(located(
-            stored.path,
-            Found::Registry {
-                artifact: found.artifact.digest,
-                via: found.via,
-                blob: match stored.origin {
-                    Origin::Registry { blob, .. } => blob,
-                    Origin::Local => None,
-                },
-            },
-        ));
+    if let Some((path, found)) = existing(&store, &client, &reference, &resolved)? {
+        return Ok(located(path, found));
     }
     if args.no_index {
         bail!(
@@ -339,6 +293,98 @@ pub fn locate(arg: &str, args: &SourceArgs, quiet: bool) -> Result<Located> {
     }
     let stored = store.insert(&resolved.manifest_digest, &indexed.archive, Origin::Local)?;
     Ok(located(stored.path, Found::IndexedHere))
+}
+
+/// The complete index blob in the image's repository, when the index was downloaded from it
+/// (and so may hold only its metadata): where a mount reads seek windows from.
+fn windows_blob(found: &Found) -> Option<String> {
+    match found {
+        Found::Store(Origin::Registry { blob, .. })
+        | Found::Remembered {
+            origin: Origin::Registry { blob, .. },
+            ..
+        }
+        | Found::Registry { blob, .. } => blob.clone(),
+        _ => None,
+    }
+}
+
+/// The index of `resolved` that exists already: in the local index store (bound to the image),
+/// else beside the image in its registry (downloaded into the store). `None` when neither has
+/// one.
+fn existing(
+    store: &IndexStore,
+    client: &Client,
+    reference: &Reference,
+    resolved: &ResolvedImage,
+) -> Result<Option<(PathBuf, Found)>> {
+    if let Some(stored) = store.get(&resolved.manifest_digest)? {
+        match bound(&stored.path, resolved) {
+            Ok(()) => {
+                // A profile pushed since the index was stored is worth one more request.
+                if matches!(store.profile(&resolved.manifest_digest), Ok(None)) {
+                    match clip_store::find_profile(client, reference, &resolved.manifest_digest) {
+                        Ok(found) => keep_profile(store, client, reference, found, resolved),
+                        Err(e) => tracing::warn!("looking for a startup profile: {e}"),
+                    }
+                }
+                return Ok(Some((stored.path, Found::Store(stored.origin))));
+            }
+            Err(reason) => {
+                tracing::warn!(index = %stored.path.display(), %reason,
+                    "the stored index does not fit the image; fetching it again");
+                store.remove(&resolved.manifest_digest)?;
+            }
+        }
+    }
+    let artifacts = clip_store::find_artifacts(client, reference, &resolved.manifest_digest)?;
+    if let Some(found) = artifacts.index {
+        // The profile comes down at the same time as the index (kept even if the index
+        // download fails: it is used once an index is there).
+        let stored = std::thread::scope(|scope| {
+            scope.spawn(|| keep_profile(store, client, reference, artifacts.profile, resolved));
+            store
+                .download(client, reference, &found, resolved)
+                .with_context(|| format!("downloading the index of {reference}"))
+        })?;
+        return Ok(Some((
+            stored.path,
+            Found::Registry {
+                artifact: found.artifact.digest,
+                via: found.via,
+                blob: match stored.origin {
+                    Origin::Registry { blob, .. } => blob,
+                    Origin::Local => None,
+                },
+            },
+        )));
+    }
+    Ok(None)
+}
+
+/// The index of image `reference` when one exists already (the local index store, else its
+/// registry), never made here: `clip snapshotter`, for which an image without an index is
+/// pulled the normal way. The image is resolved in its registry first (no offline fallback).
+pub fn find_existing(reference: &Reference, registry: &RegistryArgs) -> Result<Option<Located>> {
+    let platform = registry.platform()?;
+    let store = IndexStore::open(&registry.cache_dir())?;
+    let client = registry.client_for(reference)?;
+    let resolved = client
+        .resolve(reference, &platform)
+        .with_context(|| format!("resolving {reference}"))?;
+    store.remember(
+        &reference.to_string(),
+        &platform.to_string(),
+        &resolved.manifest_digest,
+    );
+    Ok(
+        existing(&store, &client, reference, &resolved)?.map(|(path, found)| Located {
+            windows_blob: windows_blob(&found),
+            path,
+            found,
+            image: Some(reference.clone()),
+        }),
+    )
 }
 
 /// Downloads the startup profile `found` (if any) into the store, replacing the one kept: the
