@@ -30,9 +30,11 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The package starts a system registry on :5000; the tests start their own and need none.
+# The packages start a system registry on :5000 and a system containerd; the tests start
+# their own (own ports, roots, sockets) and need neither.
 if command -v systemctl >/dev/null 2>&1; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  systemctl disable --now containerd >/dev/null 2>&1 || true
 fi
 # crun refuses a hybrid cgroup layout (v1 controllers, plus cgroup2 at /sys/fs/cgroup/unified)
 # whose cgroup2 hierarchy still has controllers ("cgroups in hybrid mode not supported, drop
