@@ -296,9 +296,10 @@ fn prune(runs: &Path) -> usize {
     live
 }
 
-/// A FUSE mount whose process died answers `ENOTCONN`.
+/// A FUSE mount whose process died answers `ENOTCONN` — to `statfs`, which always reaches
+/// the filesystem; `stat` of its root may be answered from the kernel's attribute cache.
 fn is_stale(mnt: &Path) -> bool {
-    matches!(fs::metadata(mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    matches!(rustix::fs::statfs(mnt), Err(e) if e == rustix::io::Errno::NOTCONN)
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
