@@ -28,9 +28,10 @@
 //! - **Only verified bytes go in.** An entry is published only when its content hashed to the
 //!   span's content digest (and, before decoding, the compressed bytes to the span digest).
 //! - **Atomic publication.** An entry is written to a temp file in its final directory, its
-//!   header last, `fsync`ed, then renamed into place: a crash leaves at most a temp file,
-//!   never a partial entry under a final name. Temp files older than an hour are removed by the
-//!   next scan.
+//!   header last, then renamed into place: a process never sees a partial entry under a final
+//!   name. It is not `fsync`ed: after a system crash an entry may have lost its bytes, and the
+//!   next process to open it hashes it (below), deletes it and fetches the span again. Temp
+//!   files older than an hour are removed by the next scan.
 //! - **Verified when opened, rechecked when read.** A process that opens an entry checks that it
 //!   is a regular file, its size and header, that the header's digest is the one its index
 //!   records for the span (an entry made for other content is not used, and is replaced by the
