@@ -491,12 +491,16 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         Fetcher::new(archive.clone(), client, reference.clone(), fetch_options)
             .context("setting up the span cache")?,
     );
-    probe_registry(
-        &client_with(RetryPolicy::default())?,
-        &reference,
-        &archive,
-        &fetcher,
-    )?;
+    // The registry is checked while the mount is set up (a round trip off every start); the
+    // mount is reported ready only once the check passed, and torn down if it failed.
+    let probe = {
+        let (client, reference) = (client_with(RetryPolicy::default())?, reference.clone());
+        let (archive, fetcher) = (archive.clone(), fetcher.clone());
+        std::thread::Builder::new()
+            .name("clip-probe".into())
+            .spawn(move || probe_registry(&client, &reference, &archive, &fetcher))
+            .context("starting the registry check")?
+    };
     start_prefetch(
         &fetcher,
         &archive,
@@ -562,6 +566,12 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         }
     });
 
+    match probe.join() {
+        Ok(Ok(())) => {}
+        // `mounted` is unmounted as it is dropped.
+        Ok(Err(e)) => return Err(e),
+        Err(_) => bail!("the registry check panicked"),
+    }
     tracing::info!(image = %meta.reference, dir = %args.dir.display(), "mounted");
     if args.ready_on_stdout {
         let mut out = std::io::stdout().lock();
