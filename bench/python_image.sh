@@ -4,6 +4,8 @@
 
 # The command: start Python and import a few modules of its standard library.
 PY_CMD=(/usr/bin/python3 -c 'import json, decimal, email.parser, urllib.parse; print(json.dumps({"python": "ok"}))')
+# What it prints.
+PY_EXPECTED='{"python": "ok"}'
 
 # build_python_image: sets PY_LAYERS (gzip layers, with their diff_ids) and PY_COMPRESSED
 # (their bytes).
