@@ -8,7 +8,8 @@
 #                                            which watches the zlib FFI's unsafe code)
 #
 # cargo-fuzz wants a nightly compiler; RUSTC_BOOTSTRAP=1 lets the pinned stable toolchain act
-# as one. Corpora grow under fuzz/corpus/ (not committed).
+# as one. Corpora grow under fuzz/corpus/ (not committed); read_archive's is seeded with valid
+# archives of the current format (crates/archive/examples/fuzz_seeds.rs).
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-600}"
@@ -17,6 +18,8 @@ export RUSTC_BOOTSTRAP=1
 sanitizer="${FUZZ_SANITIZER:-address}"
 targets=$(cargo fuzz list)
 cargo fuzz build --sanitizer "$sanitizer"
+# Valid archives of the current format to start the reader's fuzzing from.
+cargo run -q --manifest-path ../Cargo.toml -p clip-archive --example fuzz_seeds -- corpus/read_archive
 for target in $targets; do
   mkdir -p "corpus/$target"
   log=$(mktemp)
