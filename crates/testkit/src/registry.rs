@@ -247,26 +247,34 @@ impl Registry {
         RegistryClient::new(&self.addr)
     }
 
-    /// Makes a marker request and returns the access-log lines up to its own (which is left
-    /// out), so that every request answered before this call is included.
+    /// Makes two marker requests, one after the other, and returns the access-log lines up to
+    /// the second's (markers left out), so that every request answered before this call is
+    /// included. Distribution writes a request's line once its handler returns, which may be
+    /// just after the client has read the whole answer: a line can come after the first
+    /// marker's, never after the second's, which the registry only answers after the first's
+    /// round trip (lines after the first marker can only be such late ones: callers take logs
+    /// when the requests they count are done).
     pub fn access_log(&self) -> Vec<String> {
         let n = self.syncs.fetch_add(1, Ordering::Relaxed);
-        let marker = format!("/v2/?{SYNC_MARK}={}-{n}", self.child.id());
+        let markers = [0, 1].map(|k| format!("/v2/?{SYNC_MARK}={}-{n}-{k}", self.child.id()));
         // The answer (200, or 401 with auth) does not matter: only that the line was written.
-        self.anonymous_client()
-            .get_status(&marker)
-            .expect("marker request to the registry");
+        for marker in &markers {
+            self.anonymous_client()
+                .get_status(marker)
+                .expect("marker request to the registry");
+        }
+        let last = &markers[1];
         let log = self.log();
         let mut lines = Vec::new();
         for line in log.lines().filter(|l| AccessLogEntry::parse(l).is_some()) {
-            if line.contains(&marker) {
+            if line.contains(last.as_str()) {
                 return lines;
             }
             if !line.contains(SYNC_MARK) {
                 lines.push(line.to_string());
             }
         }
-        panic!("marker request {marker} missing from the access log:\n{log}");
+        panic!("marker request {last} missing from the access log:\n{log}");
     }
 
     /// Every request so far, parsed (marker requests left out).
