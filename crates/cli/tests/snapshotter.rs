@@ -221,6 +221,18 @@ state = "{state}"
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A lazy pull of `image` through the clip snapshotter (`ctr-remote image rpull`).
+    fn rpull(&self, image: &str) -> String {
+        self.ctr_remote_ok(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "clip",
+            image,
+        ])
+    }
+
     /// Kills and deletes every task and container of the test's namespace and of the CRI
     /// plugin's (`k8s.io`).
     fn clear(&self) {
@@ -458,14 +470,7 @@ fn a_lazy_pull_reads_layers_by_range_only() {
     let image = env.image_ref("lazy:1");
     let c = env.containerd();
     let mark = env.registry.log_mark();
-    c.ctr_remote_ok(&[
-        "image",
-        "rpull",
-        "--plain-http",
-        "--snapshotter",
-        "clip",
-        &image,
-    ]);
+    c.rpull(&image);
     let (gets, whole) = layer_reads(&env.registry, mark, &pushed);
     assert_eq!(gets, 0, "the pull reads no layer blob");
     assert!(whole.is_empty());
@@ -513,14 +518,7 @@ fn a_container_rootfs_equals_umoci_unpack() {
     env.push_index("exact:1");
     let image = env.image_ref("exact:1");
     let c = env.containerd();
-    c.ctr_remote_ok(&[
-        "image",
-        "rpull",
-        "--plain-http",
-        "--snapshotter",
-        "clip",
-        &image,
-    ]);
+    c.rpull(&image);
     // The snapshot a container gets (an overlay: a fresh upper over the clip mount), mounted
     // as containerd mounts it.
     c.ctr_ok(&[
@@ -903,14 +901,7 @@ fn a_mount_whose_daemon_died_is_restored_at_start() {
     env.push_index("remount:1");
     let image = env.image_ref("remount:1");
     let c = env.containerd();
-    c.ctr_remote_ok(&[
-        "image",
-        "rpull",
-        "--plain-http",
-        "--snapshotter",
-        "clip",
-        &image,
-    ]);
+    c.rpull(&image);
     // A container prepared (its snapshot over the image's mount), not started yet.
     c.ctr_ok(&[
         "container",

@@ -143,6 +143,20 @@ fn private_root(root: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io("chmod", root, e))
 }
 
+/// A new snapshot's parent, when it names one, must be a committed snapshot.
+fn check_parent(state: &State, parent: &str) -> Result<(), Error> {
+    if parent.is_empty() {
+        return Ok(());
+    }
+    match state.snapshots.get(parent) {
+        Some(p) if p.kind == Kind::Committed => Ok(()),
+        Some(_) => Err(Error::invalid(format!(
+            "parent {parent:?} is not a committed snapshot"
+        ))),
+        None => Err(Error::not_found(parent)),
+    }
+}
+
 fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::invalid("empty snapshot key"));
@@ -433,17 +447,7 @@ impl Snapshotter {
             tracing::warn!(%target, %parent, layer, "a clip layer with an unexpected parent: normal path");
             return Ok(false);
         }
-        if !parent.is_empty() {
-            match state.snapshots.get(parent) {
-                Some(p) if p.kind == Kind::Committed => {}
-                Some(_) => {
-                    return Err(Error::invalid(format!(
-                        "parent {parent:?} is not committed"
-                    )))
-                }
-                None => return Err(Error::not_found(parent)),
-            }
-        }
+        check_parent(&state, parent)?;
         let id = state.next_id;
         let dir = self.snapshot_dir(id);
         mkdir(&dir, 0o700)?;
@@ -536,17 +540,7 @@ impl Snapshotter {
             if state.snapshots.contains_key(key) {
                 return Err(Error::exists(key));
             }
-            if !parent.is_empty() {
-                match state.snapshots.get(parent) {
-                    Some(p) if p.kind == Kind::Committed => {}
-                    Some(_) => {
-                        return Err(Error::invalid(format!(
-                            "parent {parent:?} is not a committed snapshot"
-                        )))
-                    }
-                    None => return Err(Error::not_found(parent)),
-                }
-            }
+            check_parent(&state, parent)?;
             let id = state.next_id;
             let dir = self.snapshot_dir(id);
             let made = mkdir(&dir, 0o700)
