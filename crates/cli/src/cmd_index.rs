@@ -93,6 +93,8 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     let mut out = std::io::stdout().lock();
+    // What a node downloads: the index without its seek windows.
+    let metadata_len = archive.metadata_len();
     if args.json {
         let summary = serde_json::json!({
             "image": reference.to_string(),
@@ -109,6 +111,7 @@ pub fn run(args: Args) -> Result<()> {
             "entries": indexed.entries,
             "layers": indexed.layers,
             "index_bytes": indexed.archive.len(),
+            "metadata_bytes": metadata_len,
             "compressed_bytes": indexed.compressed_bytes,
             "uncompressed_bytes": indexed.uncompressed_bytes,
             "seconds": indexed.elapsed.as_secs_f64(),
@@ -117,10 +120,12 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         writeln!(
             out,
-            "indexed {reference}: {} entries, {} layers, index {} in {} ({} of layers, {})",
+            "indexed {reference}: {} entries, {} layers, index {} (metadata {}) in {} ({} of \
+             layers, {})",
             units::count(indexed.entries),
             indexed.layers,
             units::bytes(indexed.archive.len() as u64),
+            units::bytes(metadata_len),
             units::seconds(indexed.elapsed),
             units::bytes(indexed.compressed_bytes),
             units::rate(indexed.compressed_bytes, indexed.elapsed),
