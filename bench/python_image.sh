@@ -32,6 +32,16 @@ build_python_image() {
   echo "image: ${#PY_LAYERS[@]} layers, $PY_COMPRESSED bytes compressed"
 }
 
+# push_python_image [ADDR]: builds the image, starts the registry (start_registry ADDR) and
+# pushes it as bench/py:latest; sets PY_LAYER_DIGESTS (the layers' hex digests joined by `|`,
+# a pattern for the registry's access log).
+push_python_image() {
+  build_python_image
+  start_registry "$@"
+  push_image bench/py:latest "${PY_LAYERS[@]}"
+  PY_LAYER_DIGESTS=$(for l in "${PY_LAYERS[@]}"; do sha256sum "$l" | cut -d' ' -f1; done | paste -sd'|')
+}
+
 # bundle_for ROOTFS_BUNDLE_DIR: points an `umoci unpack` bundle's config.json at PY_CMD.
 bundle_for() {
   jq --argjson args "$(printf '%s\n' "${PY_CMD[@]}" | jq -R . | jq -s .)" \

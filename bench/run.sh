@@ -34,10 +34,7 @@ cleanup_bench() {
 }
 trap cleanup_bench EXIT
 
-build_python_image
-start_registry 0.0.0.0
-push_image bench/py:latest "${PY_LAYERS[@]}"
-layer_digests=$(for l in "${PY_LAYERS[@]}"; do sha256sum "$l" | cut -d' ' -f1; done | paste -sd'|')
+push_python_image 0.0.0.0
 
 # "CI": index the image once and push the index beside it; record the start once and push the
 # profile beside it (neither is timed: done once per image).
@@ -63,7 +60,7 @@ clip_start() {
   t1=$(now)
   until=$(wc -l < "$log")
   SECS=$(elapsed "$t0" "$t1")
-  LAYER_BYTES=$(bytes_matching "$log" "$since" "$until" "$layer_digests")
+  LAYER_BYTES=$(bytes_matching "$log" "$since" "$until" "$PY_LAYER_DIGESTS")
   local split; split=($(index_bytes "$log" "$since" "$until" "$image" "$cache"))
   WINDOW_BYTES=${split[1]}
   OTHER_BYTES=$(($(bytes_matching "$log" "$since" "$until" ".") - LAYER_BYTES - WINDOW_BYTES))

@@ -51,10 +51,7 @@ trap cleanup_bench EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-build_python_image
-start_registry
-push_image bench/py:latest "${PY_LAYERS[@]}"
-layer_digests=$(for l in "${PY_LAYERS[@]}"; do sha256sum "$l" | cut -d' ' -f1; done | paste -sd'|')
+push_python_image
 
 # "CI": index the image once and push the index beside it; record the start once and push the
 # profile beside it (neither is timed: done once per image).
@@ -86,7 +83,7 @@ baseline() {
   t2=$(now)
   until=$(wc -l < "$log")
   check_output "$dir/run.out" "ctr run (overlayfs)"
-  layer=$(bytes_matching "$log" "$since" "$until" "$layer_digests")
+  layer=$(bytes_matching "$log" "$since" "$until" "$PY_LAYER_DIGESTS")
   all=$(bytes_matching "$log" "$since" "$until" ".")
   BASE=("$(elapsed "$t0" "$t1")" "$(elapsed "$t1" "$t2")" "$(elapsed "$t0" "$t2")" "$layer" 0 $((all - layer)))
   stop_containerd
@@ -120,7 +117,7 @@ clip_node() {
   until=$(wc -l < "$log")
   check_output "$dir/run.out" "ctr run (clip)"
   PROFILE_SPANS=$(jq -r '.prefetch_spans // 0' "$dir/stats.json")
-  layer=$(bytes_matching "$log" "$since" "$until" "$layer_digests")
+  layer=$(bytes_matching "$log" "$since" "$until" "$PY_LAYER_DIGESTS")
   all=$(bytes_matching "$log" "$since" "$until" ".")
   read -r -a split <<<"$(index_bytes "$log" "$since" "$until" "$image" "$dir/cache")"
   CLIP_ROW=("$(elapsed "$t0" "$t1")" "$(elapsed "$t1" "$t2")" "$(elapsed "$t0" "$t2")" "$layer" "${split[1]}" $((all - layer - split[1])))

@@ -24,10 +24,7 @@ cleanup_bench() {
 }
 trap cleanup_bench EXIT
 
-build_python_image
-start_registry 0.0.0.0
-push_image bench/py:latest "${PY_LAYERS[@]}"
-layer_digests=$(for l in "${PY_LAYERS[@]}"; do sha256sum "$l" | cut -d' ' -f1; done | paste -sd'|')
+push_python_image 0.0.0.0
 
 # The floor, from the unpacked image.
 skopeo copy -q --src-tls-verify=false "docker://$REGISTRY/bench/py:latest" "oci:$BENCH_TMP/oci:latest"
@@ -49,7 +46,7 @@ for span in ${SPANS:-128k 256k 512k 1M 2M}; do
     > "$BENCH_TMP/out" 2> "$BENCH_TMP/run.err" </dev/null || { cat "$BENCH_TMP/run.err"; exit 1; }
   t1=$(now)
   until=$(wc -l < "$SHAPED_LOG")
-  layer=$(bytes_matching "$SHAPED_LOG" "$since" "$until" "$layer_digests")
+  layer=$(bytes_matching "$SHAPED_LOG" "$since" "$until" "$PY_LAYER_DIGESTS")
   split=($(index_bytes "$SHAPED_LOG" "$since" "$until" "$image" "$BENCH_TMP/node-cache"))
   other=$(($(bytes_matching "$SHAPED_LOG" "$since" "$until" ".") - layer - split[1]))
   summary=$("$CLIP" inspect --json --cache-dir "$BENCH_TMP/node-cache" --no-index "$image")

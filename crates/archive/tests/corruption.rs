@@ -10,18 +10,7 @@ use clip_archive::*;
 use common::*;
 
 fn small() -> Vec<u8> {
-    let mut t = Tree::new(dir(0o755));
-    let d = t.add(0, "etc", dir(0o755));
-    let mut f = file(0o644, 5, 0, 512);
-    f.xattrs = vec![(b"user.a".to_vec(), b"b".to_vec())];
-    let f = t.add(d, "hosts", f);
-    t.link(0, "hosts-link", f);
-    t.add(0, "sh", symlink(b"busybox"));
-    t.add(0, "null", device(FileType::CharDevice, 1, 3));
-    let mut l = layers();
-    l[0].spans.truncate(2);
-    l[0].spans[1].window = Window::new(&[7; 64]).unwrap();
-    write_archive(&meta(), &l, &t).unwrap()
+    small_archive()
 }
 
 fn medium() -> Vec<u8> {
