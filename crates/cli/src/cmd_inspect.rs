@@ -43,12 +43,21 @@ pub fn run(args: Args) -> Result<()> {
         Archive::open(&bytes).with_context(|| format!("reading {}", located.path.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     // The startup profile kept beside the index, if any (one that is unusable is said).
-    let profile = clip_store::IndexStore::open(&args.source.registry.cache_dir())
-        .and_then(|store| store.profile(&archive.meta().manifest_digest))
+    let store = clip_store::IndexStore::open(&args.source.registry.cache_dir());
+    let digest = &archive.meta().manifest_digest;
+    let profile = store
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|store| store.profile(digest).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| {
             tracing::warn!("{e}");
             None
         });
+    // Its startup pack: the ranges its replay reads, in one blob (its size is what matters).
+    let pack_bytes = store
+        .ok()
+        .and_then(|store| store.pack(digest).ok().flatten())
+        .map(|p| p.len() as u64);
     match &args.ls {
         Some(path) => list(&archive, path, args.recursive, args.json, &mut out)?,
         None if args.profile => {
@@ -65,7 +74,11 @@ pub fn run(args: Args) -> Result<()> {
             summary["index"] = located.found.json();
             summary["index"]["path"] = json!(located.path);
             summary["profile"] = match &profile {
-                Some(p) => profile_summary(&archive, p),
+                Some(p) => {
+                    let mut v = profile_summary(&archive, p);
+                    v["pack_bytes"] = json!(pack_bytes);
+                    v
+                }
                 None => Value::Null,
             };
             serde_json::to_writer_pretty(&mut out, &summary)?;
@@ -81,11 +94,15 @@ pub fn run(args: Args) -> Result<()> {
                 Some(p) => {
                     let v = profile_summary(&archive, p);
                     format!(
-                        "{} spans ({} to fetch), {} files, over {:.1} s",
+                        "{} spans ({} to fetch), {} files, over {:.1} s; {}",
                         v["spans"],
                         units::bytes(v["compressed_bytes"].as_u64().unwrap_or(0)),
                         v["files"],
-                        v["last_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                        v["last_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                        match pack_bytes {
+                            Some(n) => format!("startup pack {}", units::bytes(n)),
+                            None => "no startup pack".to_string(),
+                        }
                     )
                 }
                 None => "none (record one with `clip run --record`)".to_string(),

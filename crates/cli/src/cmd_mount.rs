@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clip_archive::Archive;
-use clip_fetch::{CacheOptions, FetchOptions, Fetcher};
+use clip_fetch::{
+    BlobSource, CacheOptions, FetchOptions, Fetcher, PackSource, RangePack, RecordingSource,
+    RegistrySource,
+};
 use clip_fs::{ContentError, ContentSource, FsCore};
 use clip_registry::{Reference, RetryPolicy};
 use sha2::{Digest, Sha256};
@@ -487,8 +490,14 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         windows_blob: located.windows_blob.clone(),
         ..FetchOptions::default()
     };
+    let mut source: Arc<dyn BlobSource> = Arc::new(RegistrySource::new(client, reference.clone()));
+    if args.serve.prefetch_mode() != Prefetch::None {
+        if let Some(pack) = startup_pack(&args.source.registry.cache_dir(), &meta.manifest_digest) {
+            source = Arc::new(PackSource::new(pack, source));
+        }
+    }
     let fetcher = Arc::new(
-        Fetcher::new(archive.clone(), client, reference.clone(), fetch_options)
+        Fetcher::with_source(archive.clone(), source, fetch_options)
             .context("setting up the span cache")?,
     );
     // The registry is checked while the mount is set up (a round trip off every start); the
@@ -591,6 +600,8 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
                 recorder.profile(),
                 &args.record,
                 &args.source.registry.cache_dir(),
+                &located.path,
+                located.windows_blob.as_deref(),
                 || client_with(RetryPolicy::default()),
                 &reference,
                 clip_registry::Platform {
@@ -629,23 +640,7 @@ fn start_prefetch(fetcher: &Fetcher, archive: &Archive<'_>, serve: &ServeArgs, c
             None
         });
     if let Some(profile) = profile {
-        let layers: std::collections::HashMap<&str, u32> = archive
-            .layers()
-            .iter()
-            .zip(0u32..)
-            .map(|(l, i)| (l.digest.as_str(), i))
-            .collect();
-        let spans: Vec<(u32, usize)> = profile
-            .spans
-            .iter()
-            .filter_map(|s| {
-                Some((
-                    *layers.get(s.layer.as_str())?,
-                    usize::try_from(s.span).ok()?,
-                ))
-            })
-            .collect();
-        let queued = fetcher.prefetch(&spans);
+        let queued = fetcher.prefetch(&profile_spans(archive, &profile));
         tracing::info!(
             queued,
             listed = profile.spans.len(),
@@ -662,12 +657,185 @@ fn start_prefetch(fetcher: &Fetcher, archive: &Archive<'_>, serve: &ServeArgs, c
     }
 }
 
+/// The spans of `profile` as (layer, span) of `archive`, in profile order (entries of layers
+/// the archive does not have are left out).
+fn profile_spans(archive: &Archive<'_>, profile: &clip_store::Profile) -> Vec<(u32, usize)> {
+    let layers: std::collections::HashMap<&str, u32> = archive
+        .layers()
+        .iter()
+        .zip(0u32..)
+        .map(|(l, i)| (l.digest.as_str(), i))
+        .collect();
+    profile
+        .spans
+        .iter()
+        .filter_map(|s| {
+            Some((
+                *layers.get(s.layer.as_str())?,
+                usize::try_from(s.span).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The startup pack kept for the image with this manifest digest, parsed; `None` (said in the
+/// log) when there is none or it is unusable: a pack only makes a start faster.
+fn startup_pack(cache_dir: &Path, manifest_digest: &str) -> Option<RangePack> {
+    let bytes = clip_store::IndexStore::open(cache_dir)
+        .and_then(|store| store.pack(manifest_digest))
+        .unwrap_or_else(|e| {
+            tracing::warn!("no startup pack used: {e}");
+            None
+        })?;
+    match RangePack::parse(bytes) {
+        Ok(pack) => {
+            tracing::info!(
+                ranges = pack.ranges(),
+                bytes = pack.data_len(),
+                "startup pack"
+            );
+            Some(pack)
+        }
+        Err(e) => {
+            tracing::warn!("the startup pack kept for {manifest_digest} is not used: {e}");
+            None
+        }
+    }
+}
+
+/// The startup pack of `profile`: its replay run on an empty cache of its own (a temporary
+/// directory in `cache_dir`), with every range it reads from the registry kept.
+fn make_pack(
+    index: &Path,
+    windows_blob: Option<&str>,
+    profile: &clip_store::Profile,
+    client: clip_registry::Client,
+    reference: &Reference,
+    cache_dir: &Path,
+) -> Result<Vec<u8>> {
+    let file =
+        std::fs::File::open(index).with_context(|| format!("opening {}", index.display()))?;
+    let mapping =
+        clip_sys::Mapping::new(&file).with_context(|| format!("mapping {}", index.display()))?;
+    let archive =
+        Archive::open(&mapping).with_context(|| format!("reading {}", index.display()))?;
+    let mut source: Arc<dyn BlobSource> = Arc::new(RegistrySource::new(client, reference.clone()));
+    // Other nodes download the index without its windows and read those a run needs from the
+    // index blob: so must this replay, for the pack to hold them. A complete index here is
+    // that blob (indexes are deterministic): its windows are read from it, by its digest.
+    let (metadata_len, windows_blob) = if archive.has_windows() {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&mapping[..])));
+        let len = usize::try_from(archive.metadata_len()).unwrap_or(usize::MAX);
+        source = Arc::new(LocalBlob {
+            digest: digest.clone(),
+            bytes: mapping.clone(),
+            inner: source,
+        });
+        (len, Some(digest))
+    } else {
+        (mapping.len(), windows_blob.map(str::to_string))
+    };
+    drop(archive);
+    let archive = Arc::new(
+        Archive::open_owned(Prefix(mapping, metadata_len))
+            .with_context(|| format!("reading {}", index.display()))?,
+    );
+    let spans = profile_spans(&archive, profile);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let scratch = cache_dir.join(format!("pack-{}-{nanos}", std::process::id()));
+    let recorder = Arc::new(RecordingSource::new(source));
+    let made = (|| {
+        let fetcher = Fetcher::with_source(
+            archive,
+            recorder.clone(),
+            FetchOptions {
+                cache: CacheOptions {
+                    dir: scratch.clone(),
+                    max_bytes: u64::MAX,
+                },
+                windows_blob,
+                readahead_spans: 0,
+                ..FetchOptions::default()
+            },
+        )
+        .context("setting up a scratch cache")?;
+        fetcher.prefetch(&spans);
+        if !fetcher.wait_idle(PACK_TIMEOUT) {
+            bail!("the profile's spans were not all read in {PACK_TIMEOUT:?}");
+        }
+        let errors = fetcher.stats().fetch_errors;
+        if errors > 0 {
+            bail!("{errors} of the profile's spans could not be read (see the log)");
+        }
+        Ok(recorder.pack())
+    })();
+    if let Err(e) = std::fs::remove_dir_all(&scratch) {
+        tracing::warn!(dir = %scratch.display(), "removing the scratch cache: {e}");
+    }
+    made
+}
+
+/// The first bytes of a mapping (an index's metadata).
+struct Prefix(clip_sys::Mapping, usize);
+
+impl AsRef<[u8]> for Prefix {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get(..self.1).unwrap_or(&self.0)
+    }
+}
+
+/// A blob this machine has (a complete index), answered from its bytes; other blobs from
+/// `inner`.
+struct LocalBlob {
+    digest: String,
+    bytes: clip_sys::Mapping,
+    inner: Arc<dyn BlobSource>,
+}
+
+impl BlobSource for LocalBlob {
+    fn read_range(
+        &self,
+        digest: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, clip_registry::RegistryError> {
+        if digest != self.digest {
+            return self.inner.read_range(digest, range);
+        }
+        let slice = usize::try_from(range.start)
+            .ok()
+            .zip(usize::try_from(range.end).ok())
+            .and_then(|(a, b)| self.bytes.get(a..b));
+        slice
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| clip_registry::RegistryError::Protocol {
+                url: self.digest.clone(),
+                detail: format!("range {range:?} is outside the local index"),
+            })
+    }
+
+    fn read_blob(
+        &self,
+        digest: &str,
+        size: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, clip_registry::RegistryError> {
+        self.inner.read_blob(digest, size)
+    }
+}
+
+/// How long making a startup pack may take.
+const PACK_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// `--record`, at the end of the mount: the profile recorded, merged with the one kept unless
 /// `--replace`, kept in the index store and, with `--push`, pushed beside the image's index.
+#[allow(clippy::too_many_arguments)]
 pub fn keep_profile(
     recorded: clip_store::Profile,
     record: &RecordArgs,
     cache_dir: &Path,
+    index: &Path,
+    windows_blob: Option<&str>,
     client: impl FnOnce() -> Result<clip_registry::Client>,
     reference: &Reference,
     platform: clip_registry::Platform,
@@ -702,11 +870,49 @@ pub fn keep_profile(
             media_type: image.manifest_media_type.clone(),
             size: image.manifest.len() as u64,
         };
-        let pushed = clip_store::push_profile(&client, reference, &profile.to_json(), &subject)
-            .with_context(|| format!("pushing the profile of {reference}"))?;
+        // Its startup pack goes with it: what its replay reads, so that other nodes read it
+        // from one blob instead of a Range request per run of spans. Without one (it could not
+        // be made) the profile is still worth pushing.
+        let pack = make_pack(
+            index,
+            windows_blob,
+            &profile,
+            client.clone(),
+            reference,
+            cache_dir,
+        )
+        .and_then(|pack| {
+            if pack.len() as u64 > clip_store::MAX_PACK_BYTES {
+                bail!(
+                    "it would be {} bytes, more than the {} a node accepts",
+                    pack.len(),
+                    clip_store::MAX_PACK_BYTES
+                );
+            }
+            Ok(pack)
+        })
+        .map_err(|e| {
+            eprintln!("clip: pushing the profile without a startup pack: {e:#}");
+        })
+        .ok();
+        let pushed = clip_store::push_profile(
+            &client,
+            reference,
+            &profile.to_json(),
+            pack.as_deref(),
+            &subject,
+        )
+        .with_context(|| format!("pushing the profile of {reference}"))?;
+        store.put_pack(&profile.manifest_digest, pack.as_deref())?;
         eprintln!(
-            "clip: pushed the profile to {}/{} as artifact {}",
-            reference.registry, reference.repository, pushed.artifact.digest
+            "clip: pushed the profile{} to {}/{} as artifact {}",
+            match &pack {
+                Some(p) => format!(" and its startup pack ({})", units::bytes(p.len() as u64)),
+                None => String::new(),
+            },
+            reference.registry,
+            reference.repository,
+            pushed.artifact.digest
         );
     }
     Ok(())
@@ -755,6 +961,12 @@ fn stats_line(v: &serde_json::Value) -> String {
             n("prefetch_spans"),
             n("prefetch_hits"),
             n("prefetch_wasted")
+        ));
+    }
+    if n("pack_bytes") > 0 {
+        line.push_str(&format!(
+            "; {} read from the startup pack",
+            units::bytes(n("pack_bytes"))
         ));
     }
     if n("fill_total") > 0 {

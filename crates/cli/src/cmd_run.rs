@@ -347,6 +347,8 @@ fn keep_recorded(
         recorded,
         record,
         &args.source.registry.cache_dir(),
+        &located.path,
+        located.windows_blob.as_deref(),
         || {
             crate::registry_client(
                 args.source.registry.creds.as_deref(),
@@ -489,7 +491,9 @@ impl Resources {
             running
         };
         tracing::info!(id = %self.id, pid = running.pid(), "container started");
-        match running.wait()? {
+        let exit = running.wait()?;
+        tracing::debug!(id = %self.id, ?exit, "container exited");
+        match exit {
             Exit::Exited(code) => Ok(code.clamp(0, 255) as u8),
             Exit::NotStarted(code) => {
                 eprintln!(
@@ -517,6 +521,7 @@ impl Resources {
             if let Err(e) = bundle.remove() {
                 note(e.into());
             }
+            tracing::debug!(id = %self.id, "container deleted, bundle removed");
         }
         if let Some(lease) = self.lease.take() {
             if let Err(e) = lease.release() {

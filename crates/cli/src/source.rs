@@ -401,10 +401,16 @@ fn keep_profile(
     };
     let kept = store
         .download_profile(client, reference, &found, &image.manifest_digest)
-        .and_then(|profile| store.put_profile(&profile));
+        .and_then(|downloaded| {
+            let pack = downloaded.pack.as_ref().map(|p| p.len());
+            store.put_pack(&image.manifest_digest, downloaded.pack.as_deref())?;
+            Ok((store.put_profile(&downloaded.profile)?, pack))
+        });
     match kept {
-        Ok(path) => tracing::info!(artifact = %found.artifact.digest, path = %path.display(),
-            "startup profile downloaded"),
+        Ok((path, pack)) => {
+            tracing::info!(artifact = %found.artifact.digest, path = %path.display(),
+            pack_bytes = ?pack, "startup profile downloaded")
+        }
         Err(e) => tracing::warn!("the startup profile of {reference} is not used: {e}"),
     }
 }

@@ -291,6 +291,14 @@ fn exit_codes_and_cleanup() {
     // The image's Cmd (/bin/sh) with stdin at /dev/null: it reads EOF and exits 0.
     s.run_code(0, &[], &[]);
 
+    // The container's root is an overlay whose upper layer lives and dies with the run: never
+    // synced (`volatile`), so the end of a run does not write back what the mount cached.
+    let root = s.run_code(0, &[], &["sh", "-c", "grep ' / / ' /proc/self/mountinfo"]);
+    assert!(
+        root.contains(" overlay ") && root.contains("volatile"),
+        "{root}"
+    );
+
     // Killed by SIGKILL: 128 + 9.
     let name = s.name(1);
     let mut bg = Background::start(s.command(
@@ -938,7 +946,7 @@ fn a_recorded_profile_travels_with_the_image() {
     ]));
     assert_eq!(shown["profile"]["spans"], spans.len(), "{shown}");
 
-    // A second node finds the profile beside the index.
+    // A second node finds the profile beside the index, with its startup pack.
     let other = s.scratch.path("other-cache");
     pull_json(&other, &image);
     assert_eq!(
@@ -946,6 +954,36 @@ fn a_recorded_profile_travels_with_the_image() {
         first,
         "the same profile on the second node"
     );
+    let summary = |cache: &Path| {
+        json_of(clip(&[
+            "inspect",
+            "--json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            &image,
+        ]))
+    };
+    let pack_bytes = summary(&other)["profile"]["pack_bytes"].as_u64();
+    assert!(pack_bytes.is_some_and(|n| n > 0), "{}", summary(&other));
+    assert_eq!(pack_bytes, summary(&node)["profile"]["pack_bytes"].as_u64());
+
+    // Its mount replays the profile from the pack: every span of it, not one request for them.
+    let mount = Mount::start(Path::new(&image), &s.scratch.path("mnt"), &other, &[]);
+    let stats = mount.stats_when_idle();
+    assert_eq!(
+        std::fs::read(mount.dir.join("etc/os-release")).unwrap(),
+        b"ID=clip-test\n"
+    );
+    let after = mount.stats_when_idle();
+    mount.unmount();
+    assert_eq!(stats["prefetch_spans"], spans.len(), "{stats}");
+    assert!(stats["pack_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["registry_requests"], 0, "{stats}");
+    assert_eq!(
+        after["registry_requests"], 0,
+        "read from the cache: {after}"
+    );
+    assert!(after["prefetch_hits"].as_u64().unwrap() >= 1, "{after}");
 
     // Recording again merges; --replace starts over.
     let out = s

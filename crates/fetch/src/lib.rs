@@ -50,6 +50,7 @@
 //! | module | its job |
 //! |---|---|
 //! | `source` | [`BlobSource`], the fetcher's whole view of the network, and [`RegistrySource`] |
+//! | `pack` | startup packs: [`RangePack`], [`PackSource`] (a pack in front of the registry), [`RecordingSource`] (makes one) |
 //! | `queue` | the scheduler: jobs by priority (demand, then readahead), the workers |
 //! | `read` | the read path: spans of a read, claim or wait, copy out, retries in the budget |
 //! | `readahead` | the readahead policy and readahead jobs |
@@ -99,6 +100,7 @@ pub mod cache;
 mod decode;
 mod error;
 mod fetcher;
+mod pack;
 mod prefetch;
 mod queue;
 mod read;
@@ -121,6 +123,10 @@ use clip_registry::{Client, Reference};
 
 pub use cache::PrivateDirError;
 pub use error::FetchError;
+pub use pack::{
+    PackError, PackSource, RangePack, RecordingSource, MAX_PACK_BYTES, MAX_PACK_ENTRIES,
+    PACK_MAGIC, PACK_VERSION,
+};
 pub use source::{BlobSource, RegistrySource};
 
 /// One span of a layer: its index in the layer's span table, and what the table says of it.
@@ -229,6 +235,9 @@ pub struct FetchStats {
     /// Seek-window bytes received from the registry (the index blob of a metadata-only
     /// archive); the requests are counted in `registry_requests`.
     pub window_bytes_fetched: u64,
+    /// Compressed layer and window bytes read from the startup pack instead of the registry
+    /// (not counted in `bytes_fetched`, `window_bytes_fetched` or `registry_requests`).
+    pub pack_bytes: u64,
     /// Spans fetched, verified, decoded (and cached).
     pub spans_fetched: u64,
     /// Spans a read found in the cache.

@@ -199,9 +199,17 @@ impl Shared {
         // checkpoint), when the archive keeps it in the index blob: one more range read, at
         // the same time as the run's own.
         let windows_range = self.windows_range(l, run.first().map(|p| p.span.index).into_iter());
+        // A range the source holds locally (a startup pack) costs no request.
+        let from_pack = |blob: &str, range: &std::ops::Range<u64>| self.source.holds(blob, range);
+        let layer_from_pack = start < end && from_pack(&l.digest, &(start..end));
+        let windows_from_pack = windows_range
+            .as_ref()
+            .is_some_and(|(blob, range)| from_pack(blob, range));
         let read_layer = || {
             if start < end {
-                bump(&self.counters.registry_requests, 1);
+                if !layer_from_pack {
+                    bump(&self.counters.registry_requests, 1);
+                }
                 self.source.read_range(&l.digest, start..end)
             } else {
                 Ok(Vec::new())
@@ -209,6 +217,10 @@ impl Shared {
         };
         let (fetched, windows) = match &windows_range {
             None => (read_layer(), None),
+            Some((blob, range)) if windows_from_pack => (
+                read_layer(),
+                Some(self.source.read_range(blob, range.clone())),
+            ),
             Some((blob, range)) => std::thread::scope(|scope| {
                 let windows = scope.spawn(|| {
                     bump(&self.counters.registry_requests, 1);
@@ -228,7 +240,12 @@ impl Shared {
         let fetched = match windows {
             Some(Err(e)) => Err(e),
             Some(Ok(w)) => fetched.map(|bytes| {
-                bump(&self.counters.window_bytes_fetched, w.len() as u64);
+                let counter = if windows_from_pack {
+                    &self.counters.pack_bytes
+                } else {
+                    &self.counters.window_bytes_fetched
+                };
+                bump(counter, w.len() as u64);
                 let at = windows_range.as_ref().map_or(0, |(_, r)| r.start);
                 (bytes, Some((at, w)))
             }),
@@ -253,7 +270,12 @@ impl Shared {
                 return;
             }
         };
-        bump(&self.counters.bytes_fetched, bytes.len() as u64);
+        let counter = if layer_from_pack {
+            &self.counters.pack_bytes
+        } else {
+            &self.counters.bytes_fetched
+        };
+        bump(counter, bytes.len() as u64);
         if l.compression == Compression::Gzip && run.len() > 1 {
             self.finish_gzip_run(l, run, &bytes, start, windows.as_ref(), priority);
             return;

@@ -37,6 +37,12 @@ pub trait BlobSource: Send + Sync + 'static {
         size: u64,
     ) -> Result<Box<dyn Read + Send + '_>, RegistryError>;
 
+    /// Whether [`BlobSource::read_range`] of `range` of blob `digest` is answered from local
+    /// bytes (a startup pack, [`crate::PackSource`]) rather than with a request.
+    fn holds(&self, _digest: &str, _range: &Range<u64>) -> bool {
+        false
+    }
+
     /// Whether bytes may come from somewhere else than the blob's origin (mirrors): bytes that
     /// did not verify are then fetched once more, after [`BlobSource::distrust_mirrors`].
     fn has_mirrors(&self) -> bool {

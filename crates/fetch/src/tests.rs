@@ -12,7 +12,10 @@ use clip_archive::{Archive, Compression};
 
 use crate::fetcher::Shared;
 use crate::testing::{image, MemorySource, Request, TestLayer};
-use crate::{default_cache_dir, CacheOptions, FetchError, FetchOptions, FetchStats, Fetcher};
+use crate::{
+    default_cache_dir, CacheOptions, FetchError, FetchOptions, FetchStats, Fetcher, PackSource,
+    RangePack, RecordingSource,
+};
 
 const SPAN: usize = 1000;
 const WAIT: Duration = Duration::from_secs(60);
@@ -613,5 +616,76 @@ fn a_fill_paused_by_its_rate_ends_with_the_fetcher() {
         s.source.request_count(),
         1,
         "nothing sent after the shutdown"
+    );
+}
+
+#[test]
+fn a_startup_pack_serves_the_replay_without_a_request() {
+    let s = setup(vec![plain(0, 20), plain(1, 20)]);
+    let profile = [(0, 6), (0, 5), (1, 3), (0, 2), (0, 7)];
+    // The node that pushes the profile: its replay, on an empty cache, through a recorder.
+    let recorder = Arc::new(RecordingSource::new(s.source.clone()));
+    let pack = {
+        let cache = tempfile::tempdir().unwrap();
+        let f = Fetcher::with_source(s.archive.clone(), recorder.clone(), options(cache.path()))
+            .unwrap();
+        f.prefetch(&profile);
+        assert!(f.wait_idle(WAIT));
+        RangePack::parse(recorder.pack()).unwrap()
+    };
+    assert_eq!(
+        pack.data_len(),
+        5 * SPAN as u64,
+        "what the replay read, once"
+    );
+    // Another node: the same replay reads the pack, not the registry.
+    let before = s.source.request_count();
+    let packed = Arc::new(PackSource::new(pack, s.source.clone()));
+    let f = Fetcher::with_source(s.archive.clone(), packed, options(&s.cache_dir)).unwrap();
+    f.prefetch(&profile);
+    assert!(f.wait_idle(WAIT));
+    assert_eq!(s.source.request_count(), before);
+    let stats = f.stats();
+    assert_eq!(
+        (
+            stats.registry_requests,
+            stats.bytes_fetched,
+            stats.pack_bytes,
+            stats.prefetch_spans
+        ),
+        (0, 0, 5 * SPAN as u64, 5)
+    );
+    read_ok(&s, &f, 0, 5 * SPAN, 3 * SPAN);
+    assert_eq!(s.source.request_count(), before, "served from the cache");
+    // What the pack does not hold comes from the registry.
+    read_ok(&s, &f, 1, 10 * SPAN, SPAN);
+    assert_eq!(
+        ranges(&s.source)[before..],
+        [10 * SPAN as u64..11 * SPAN as u64]
+    );
+}
+
+#[test]
+fn bytes_of_a_pack_that_do_not_verify_are_refused_and_the_pack_dropped() {
+    let s = setup(vec![plain(0, 20)]);
+    // A pack of spans 4..8 of layer 0 with one byte of span 5 changed.
+    let mut lying = s.bytes(0, 4 * SPAN, 4 * SPAN).to_vec();
+    lying[SPAN + 10] ^= 1;
+    let pack =
+        RangePack::parse(RangePack::encode(&[(s.digest(0), 4 * SPAN as u64, lying)])).unwrap();
+    let packed = Arc::new(PackSource::new(pack, s.source.clone()));
+    let f = Fetcher::with_source(s.archive.clone(), packed, options(&s.cache_dir)).unwrap();
+    // The read of span 5 gets the right bytes: the pack's did not verify, the registry's did.
+    read_ok(&s, &f, 0, 5 * SPAN, SPAN);
+    let stats = f.stats();
+    assert_eq!((stats.verify_failures, stats.registry_requests), (1, 1));
+    assert_eq!(ranges(&s.source), [5 * SPAN as u64..6 * SPAN as u64]);
+    // And the pack is not used any more: span 6, which it holds, comes from the registry.
+    read_ok(&s, &f, 0, 6 * SPAN, SPAN);
+    assert_eq!(s.source.request_count(), 2);
+    assert_eq!(
+        f.stats().pack_bytes,
+        SPAN as u64,
+        "only the refused span came from it"
     );
 }

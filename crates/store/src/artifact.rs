@@ -1,7 +1,9 @@
-//! clip's artifacts beside an image: OCI image manifests with the empty config, one layer, and
-//! `subject` = the image manifest they describe. The index artifact (`artifactType`
-//! [`ARTIFACT_TYPE`]) carries a `.clip`; the profile artifact ([`PROFILE_ARTIFACT_TYPE`]) carries
-//! a startup profile ([`crate::Profile`]).
+//! clip's artifacts beside an image: OCI image manifests with the empty config, one layer (two
+//! for a profile with its pack), and `subject` = the image manifest they describe. The index
+//! artifact (`artifactType` [`ARTIFACT_TYPE`]) carries a `.clip`; the profile artifact
+//! ([`PROFILE_ARTIFACT_TYPE`]) carries a startup profile ([`crate::Profile`]) and, as its second
+//! layer, the startup pack made from it ([`PACK_MEDIA_TYPE`]: the byte ranges its replay reads,
+//! opaque here; `clip-fetch` reads it).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +36,11 @@ pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.clip.profile.v1";
 pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1+json";
 /// Largest profile blob accepted from a registry.
 pub const MAX_PROFILE_BYTES: u64 = 16 << 20;
+/// The media type of a profile artifact's second layer: its startup pack.
+pub const PACK_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1.pack";
+/// Largest startup pack accepted from a registry (the cap `clip-fetch` parses packs with).
+pub const MAX_PACK_BYTES: u64 = 512 << 20;
+const PACK_TITLE: &str = "startup.pack";
 /// When a profile artifact was pushed (RFC 3339, UTC): the newest one is used.
 const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 
@@ -109,6 +116,8 @@ struct Kind {
     max_bytes: u64,
     /// What the artifact is, in messages.
     noun: &'static str,
+    /// The media type and largest size of a second layer it may have.
+    second: Option<(&'static str, u64)>,
 }
 
 const INDEX: Kind = Kind {
@@ -117,6 +126,7 @@ const INDEX: Kind = Kind {
     title: "index.clip",
     max_bytes: MAX_INDEX_BYTES,
     noun: "clip index",
+    second: None,
 };
 
 const PROFILE: Kind = Kind {
@@ -125,6 +135,7 @@ const PROFILE: Kind = Kind {
     title: "profile.json",
     max_bytes: MAX_PROFILE_BYTES,
     noun: "clip startup profile",
+    second: Some((PACK_MEDIA_TYPE, MAX_PACK_BYTES)),
 };
 
 /// The artifact manifest of `kind` for a blob of `size` bytes with `digest`, annotated with
@@ -132,6 +143,7 @@ const PROFILE: Kind = Kind {
 fn artifact_manifest(
     kind: &Kind,
     blob: &Blob<'_>,
+    second: Option<&Blob<'_>>,
     subject: &Subject,
     annotations: BTreeMap<String, String>,
 ) -> Vec<u8> {
@@ -148,13 +160,25 @@ fn artifact_manifest(
             artifact_type: None,
             annotations: BTreeMap::new(),
         },
-        layers: vec![Descriptor {
+        layers: std::iter::once(Descriptor {
             media_type: kind.layer_media_type.to_string(),
             digest: blob.digest.to_string(),
             size: blob.bytes.len() as u64,
             artifact_type: None,
             annotations: layer_annotations,
-        }],
+        })
+        .chain(
+            second
+                .zip(kind.second)
+                .map(|(b, (media_type, _))| Descriptor {
+                    media_type: media_type.to_string(),
+                    digest: b.digest.to_string(),
+                    size: b.bytes.len() as u64,
+                    artifact_type: None,
+                    annotations: b.annotations.clone(),
+                }),
+        )
+        .collect(),
         subject: Descriptor {
             media_type: subject.media_type.clone(),
             digest: subject.digest.clone(),
@@ -215,6 +239,7 @@ pub fn push(
             ),
             (METADATA_DIGEST_ANNOTATION.to_string(), sha256(metadata)),
         ]),
+        None,
         subject,
         &INDEX,
         format_annotations(),
@@ -225,20 +250,35 @@ pub fn push(
     )
 }
 
-/// Uploads a startup profile (JSON, of the image `subject`) as a profile artifact and makes it
-/// discoverable like an index, replacing the earlier clip profile in the referrers tag.
+/// Uploads a startup profile (JSON, of the image `subject`) and its startup pack, if any, as a
+/// profile artifact and makes it discoverable like an index, replacing the earlier clip profile
+/// in the referrers tag.
 pub fn push_profile(
     client: &Client,
     image: &Reference,
     profile: &[u8],
+    pack: Option<&[u8]>,
     subject: &Subject,
 ) -> Result<PushedIndex, StoreError> {
     let created = crate::profile::rfc3339_now();
+    let pack = match pack {
+        Some(bytes) => {
+            let digest = client.push_blob(image, bytes)?;
+            Some((digest, bytes))
+        }
+        None => None,
+    };
+    let second = pack.as_ref().map(|(digest, bytes)| Blob {
+        digest,
+        bytes,
+        annotations: BTreeMap::from([(TITLE_ANNOTATION.to_string(), PACK_TITLE.to_string())]),
+    });
     push_artifact(
         client,
         image,
         profile,
         BTreeMap::new(),
+        second.as_ref(),
         subject,
         &PROFILE,
         BTreeMap::from([(CREATED_ANNOTATION.to_string(), created)]),
@@ -255,6 +295,7 @@ fn push_artifact(
     image: &Reference,
     blob: &[u8],
     layer_annotations: BTreeMap<String, String>,
+    second: Option<&Blob<'_>>,
     subject: &Subject,
     kind: &Kind,
     annotations: BTreeMap<String, String>,
@@ -269,6 +310,7 @@ fn push_artifact(
             bytes: blob,
             annotations: layer_annotations,
         },
+        second,
         subject,
         annotations.clone(),
     );
@@ -370,13 +412,14 @@ fn list(
     Ok(found)
 }
 
-/// The profile blob a profile artifact manifest names, after checking the manifest.
+/// The profile blob a profile artifact manifest names, and its startup pack's if it has one,
+/// after checking the manifest.
 pub(crate) fn profile_blob(
     client: &Client,
     image: &Reference,
     artifact: &Descriptor,
     subject_digest: &str,
-) -> Result<Descriptor, StoreError> {
+) -> Result<(Descriptor, Option<Descriptor>), StoreError> {
     artifact_blob(client, image, artifact, subject_digest, &PROFILE, &|_| {
         Ok(())
     })
@@ -391,7 +434,7 @@ pub(crate) fn index_blob(
     artifact: &Descriptor,
     subject_digest: &str,
 ) -> Result<Descriptor, StoreError> {
-    artifact_blob(
+    let (blob, _) = artifact_blob(
         client,
         image,
         artifact,
@@ -407,7 +450,8 @@ pub(crate) fn index_blob(
                 format.map_or("(unnamed)", String::as_str)
             ))
         },
-    )
+    )?;
+    Ok(blob)
 }
 
 /// The metadata prefix of an index blob as its layer's annotations name it: its length and
@@ -466,7 +510,7 @@ fn artifact_blob(
     subject_digest: &str,
     kind: &Kind,
     check: &dyn Fn(&ArtifactManifest) -> Result<(), String>,
-) -> Result<Descriptor, StoreError> {
+) -> Result<(Descriptor, Option<Descriptor>), StoreError> {
     let bad = |reason: String| StoreError::BadArtifact {
         digest: artifact.digest.clone(),
         repository: format!("{}/{}", image.registry, image.repository),
@@ -490,8 +534,30 @@ fn artifact_blob(
         )));
     }
     check(&manifest).map_err(bad)?;
-    let [layer] = manifest.layers.as_slice() else {
-        return Err(bad(format!("{} layers, expected 1", manifest.layers.len())));
+    let (layer, second) = match (manifest.layers.as_slice(), kind.second) {
+        ([layer], _) => (layer, None),
+        ([layer, second], Some((media_type, max_bytes))) => {
+            if second.media_type != media_type {
+                return Err(bad(format!(
+                    "its second layer is a {:?}",
+                    second.media_type
+                )));
+            }
+            if second.size > max_bytes {
+                return Err(bad(format!(
+                    "its second layer is {} bytes, more than the {max_bytes} accepted",
+                    second.size
+                )));
+            }
+            (layer, Some(second.clone()))
+        }
+        (layers, second) => {
+            return Err(bad(format!(
+                "{} layers, expected {}",
+                layers.len(),
+                if second.is_some() { "1 or 2" } else { "1" }
+            )))
+        }
     };
     if layer.media_type != kind.layer_media_type {
         return Err(bad(format!("its layer is a {:?}", layer.media_type)));
@@ -502,7 +568,7 @@ fn artifact_blob(
             layer.size, kind.max_bytes
         )));
     }
-    Ok(layer.clone())
+    Ok((layer.clone(), second))
 }
 
 #[cfg(test)]
@@ -523,10 +589,10 @@ mod tests {
             bytes: &bytes,
             annotations: BTreeMap::from([(METADATA_LENGTH_ANNOTATION.to_string(), "9".into())]),
         };
-        let one = artifact_manifest(&INDEX, &blob(), &subject, format_annotations());
+        let one = artifact_manifest(&INDEX, &blob(), None, &subject, format_annotations());
         assert_eq!(
             one,
-            artifact_manifest(&INDEX, &blob(), &subject, format_annotations())
+            artifact_manifest(&INDEX, &blob(), None, &subject, format_annotations())
         );
         let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
         assert_eq!(v["artifactType"], ARTIFACT_TYPE);
@@ -552,5 +618,22 @@ mod tests {
             v["annotations"][FORMAT_ANNOTATION],
             FORMAT_VERSION.to_string()
         );
+        assert_eq!(v["layers"].as_array().unwrap().len(), 1);
+
+        // A profile's startup pack is its second layer; an index has none, even if given one.
+        let pack = Blob {
+            digest: &digest,
+            bytes: &bytes[..7],
+            annotations: BTreeMap::from([(TITLE_ANNOTATION.to_string(), PACK_TITLE.into())]),
+        };
+        let profile = artifact_manifest(&PROFILE, &blob(), Some(&pack), &subject, BTreeMap::new());
+        let v: serde_json::Value = serde_json::from_slice(&profile).unwrap();
+        assert_eq!(v["layers"][0]["mediaType"], PROFILE_MEDIA_TYPE);
+        assert_eq!(v["layers"][1]["mediaType"], PACK_MEDIA_TYPE);
+        assert_eq!(v["layers"][1]["size"], 7);
+        assert_eq!(v["layers"][1]["annotations"][TITLE_ANNOTATION], PACK_TITLE);
+        let index = artifact_manifest(&INDEX, &blob(), Some(&pack), &subject, BTreeMap::new());
+        let v: serde_json::Value = serde_json::from_slice(&index).unwrap();
+        assert_eq!(v["layers"].as_array().unwrap().len(), 1);
     }
 }

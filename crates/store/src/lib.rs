@@ -36,11 +36,11 @@ mod profile;
 
 pub use artifact::{
     find, find_artifacts, find_profile, push, push_profile, Artifacts, FoundIndex, PushedIndex,
-    Subject, ARTIFACT_TYPE, FORMAT_ANNOTATION, INDEX_MEDIA_TYPE, MAX_INDEX_BYTES,
-    MAX_PROFILE_BYTES, PROFILE_ARTIFACT_TYPE, PROFILE_MEDIA_TYPE,
+    Subject, ARTIFACT_TYPE, FORMAT_ANNOTATION, INDEX_MEDIA_TYPE, MAX_INDEX_BYTES, MAX_PACK_BYTES,
+    MAX_PROFILE_BYTES, PACK_MEDIA_TYPE, PROFILE_ARTIFACT_TYPE, PROFILE_MEDIA_TYPE,
 };
 pub use error::StoreError;
-pub use local::{check_binding, IndexStore, Origin, Resolution, StoredIndex};
+pub use local::{check_binding, DownloadedProfile, IndexStore, Origin, Resolution, StoredIndex};
 pub use profile::{
     Profile, ProfileError, ProfileFile, ProfileSpan, MAX_PROFILE_FILES, MAX_PROFILE_SPANS,
     PROFILE_VERSION,

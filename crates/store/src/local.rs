@@ -68,6 +68,16 @@ pub struct StoredIndex {
     pub origin: Origin,
 }
 
+/// What [`IndexStore::download_profile`] got: the profile, and its startup pack if the
+/// artifact has one.
+#[derive(Debug, Clone)]
+pub struct DownloadedProfile {
+    /// The profile, checked.
+    pub profile: Profile,
+    /// The startup pack's bytes, unparsed.
+    pub pack: Option<Vec<u8>>,
+}
+
 /// The local index store of one cache directory.
 #[derive(Debug)]
 pub struct IndexStore {
@@ -237,27 +247,82 @@ impl IndexStore {
     }
 
     /// Downloads the profile artifact `found` of the image whose manifest is `manifest_digest`:
-    /// the artifact manifest checked, the blob verified against its digest and size, the
-    /// profile parsed and checked ([`Profile::parse`]). Not kept: see
-    /// [`IndexStore::put_profile`].
+    /// the artifact manifest checked, its blobs (the profile, and its startup pack if it has
+    /// one: both at once) verified against their digests and sizes, the profile parsed and
+    /// checked ([`Profile::parse`]). The pack is opaque here (at most [`crate::MAX_PACK_BYTES`]).
+    /// Not kept: see [`IndexStore::put_profile`] and [`IndexStore::put_pack`].
     pub fn download_profile(
         &self,
         client: &Client,
         image: &Reference,
         found: &FoundIndex,
         manifest_digest: &str,
-    ) -> Result<Profile, StoreError> {
-        let blob = profile_blob(client, image, &found.artifact, manifest_digest)?;
-        let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
-        let mut bytes = Vec::new();
-        reader
-            .read_to_end(&mut bytes)
-            .map_err(into_registry_error)
-            .map_err(StoreError::Registry)?;
-        Profile::parse(&bytes, manifest_digest).map_err(|error| StoreError::Profile {
-            what: format!("{} of {image}", found.artifact.digest),
-            error,
+    ) -> Result<DownloadedProfile, StoreError> {
+        let (blob, pack) = profile_blob(client, image, &found.artifact, manifest_digest)?;
+        let download = |blob: &clip_registry::Descriptor| -> Result<Vec<u8>, StoreError> {
+            let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
+            let mut bytes = Vec::new();
+            reader
+                .read_to_end(&mut bytes)
+                .map_err(into_registry_error)
+                .map_err(StoreError::Registry)?;
+            Ok(bytes)
+        };
+        let (bytes, pack) = std::thread::scope(|scope| {
+            let pack = pack.as_ref().map(|p| scope.spawn(|| download(p)));
+            let bytes = download(&blob);
+            let pack = pack.map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            (bytes, pack)
+        });
+        let profile =
+            Profile::parse(&bytes?, manifest_digest).map_err(|error| StoreError::Profile {
+                what: format!("{} of {image}", found.artifact.digest),
+                error,
+            })?;
+        Ok(DownloadedProfile {
+            profile,
+            pack: pack.transpose()?,
         })
+    }
+
+    /// Keeps `pack` as the startup pack of the image with this manifest digest (replacing the
+    /// one kept before), or drops the one kept when `None`. Published atomically.
+    pub fn put_pack(&self, manifest_digest: &str, pack: Option<&[u8]>) -> Result<(), StoreError> {
+        let name = format!("{}.pack", self.stem(manifest_digest)?);
+        let Some(pack) = pack else {
+            return match rustix::fs::unlinkat(self.dir.as_fd(), name.as_str(), AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => Err(self.io(&name, e.into())),
+            };
+        };
+        let (temp, mut file) = self.temp_file(&name)?;
+        let written = file
+            .write_all(pack)
+            .map_err(|e| self.io(&temp, e))
+            .and_then(|()| self.rename(&temp, &name));
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp.as_str(), AtFlags::empty());
+        }
+        written
+    }
+
+    /// The startup pack kept for the image with this manifest digest, if any (at most
+    /// [`crate::MAX_PACK_BYTES`]; its format is checked by whoever reads it).
+    pub fn pack(&self, manifest_digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = format!("{}.pack", self.stem(manifest_digest)?);
+        match self.open_file(&name) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                file.take(crate::MAX_PACK_BYTES + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| self.io(&name, e))?;
+                Ok(Some(bytes))
+            }
+            Err(StoreError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the index of this manifest digest (one found not to fit its image).
