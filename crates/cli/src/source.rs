@@ -319,7 +319,14 @@ fn existing(
     resolved: &ResolvedImage,
 ) -> Result<Option<(PathBuf, Found)>> {
     if let Some(stored) = store.get(&resolved.manifest_digest)? {
-        match bound(&stored.path, resolved) {
+        let usable = bound(&stored.path, resolved).and_then(|has_windows| {
+            // Without its windows, an index is only usable where they are (its blob).
+            match (&stored.origin, has_windows) {
+                (_, true) | (Origin::Registry { blob: Some(_), .. }, false) => Ok(()),
+                _ => Err("it has no seek windows and names no index blob to read them from".into()),
+            }
+        });
+        match usable {
             Ok(()) => {
                 // A profile pushed since the index was stored is worth one more request.
                 if matches!(store.profile(&resolved.manifest_digest), Ok(None)) {
@@ -423,9 +430,10 @@ fn resolved_when(secs: u64) -> String {
     )
 }
 
-/// Whether the index at `path` is bound to `image`.
-fn bound(path: &Path, image: &ResolvedImage) -> Result<(), String> {
+/// Whether the index at `path` is bound to `image`; then whether it holds its seek windows.
+fn bound(path: &Path, image: &ResolvedImage) -> Result<bool, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let archive = Archive::open(&bytes).map_err(|e| e.to_string())?;
-    clip_store::check_binding(&archive, image)
+    clip_store::check_binding(&archive, image)?;
+    Ok(archive.has_windows())
 }

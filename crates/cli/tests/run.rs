@@ -1025,4 +1025,43 @@ fn a_recorded_profile_travels_with_the_image() {
         "{replaced:?}"
     );
     s.assert_clean(&name);
+
+    // Pushed from the node that indexed the image (its index complete, windows and all): the
+    // pack holds the windows too, read from its own copy of the index blob, and a node that
+    // downloads the index without them replays the profile without a request.
+    let name = s.name(2);
+    let out = clip_command()
+        .arg("run")
+        .arg("--cache-dir")
+        .arg(&ci)
+        .arg("--name")
+        .arg(&name)
+        .args(["--record", "--push", &image, "cat", "/etc/group"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    s.assert_clean(&name);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("startup pack"),
+        "{err}"
+    );
+    let third = s.scratch.path("third-cache");
+    pull_json(&third, &image);
+    let mount = Mount::start(Path::new(&image), &s.scratch.path("mnt3"), &third, &[]);
+    let stats = mount.stats_when_idle();
+    let group = std::fs::read(mount.dir.join("etc/group")).unwrap();
+    assert_eq!(group, GROUP);
+    let after = mount.stats();
+    assert_eq!(
+        after["registry_requests"], 0,
+        "read from the cache: {after}"
+    );
+    mount.unmount();
+    assert!(stats["pack_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(
+        (&stats["registry_requests"], &stats["window_bytes_fetched"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "{stats}"
+    );
 }

@@ -279,18 +279,28 @@ impl Client {
         })?;
         let keep =
             |d: &Descriptor| artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t));
-        if let Some(mut manifests) = self.referrers_api(reference, subject, artifact_type)? {
+        // The referrers API and the referrers tag are asked at once: a registry without the
+        // API (answered 404) costs no round trip more than one with it.
+        let (api, tag) = std::thread::scope(|scope| {
+            let tag =
+                scope.spawn(|| self.fetch_manifest(reference, &referrers_tag(subject), OCI_INDEX));
+            let api = self.referrers_api(reference, subject, artifact_type);
+            (
+                api,
+                tag.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        });
+        if let Some(mut manifests) = api? {
             manifests.retain(keep);
             return Ok(Referrers {
                 source: ReferrersSource::Api,
                 manifests,
             });
         }
-        let mut manifests =
-            match self.fetch_manifest(reference, &referrers_tag(subject), OCI_INDEX)? {
-                Some(index) => parse_referrers_index(&index)?,
-                None => Vec::new(),
-            };
+        let mut manifests = match tag? {
+            Some(index) => parse_referrers_index(&index)?,
+            None => Vec::new(),
+        };
         manifests.retain(keep);
         Ok(Referrers {
             source: ReferrersSource::TagSchema,

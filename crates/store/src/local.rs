@@ -392,9 +392,9 @@ impl IndexStore {
                             ),
                         });
                     }
-                    file.write_all(&bytes)
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| self.io(&temp, e))?;
+                    // Not synced: a downloaded index is checked each time it is used (checksum,
+                    // binding), and one a crash tore is downloaded again.
+                    file.write_all(&bytes).map_err(|e| self.io(&temp, e))?;
                     bytes
                 }
                 None => {
@@ -405,7 +405,6 @@ impl IndexStore {
                             None => self.io(&temp, e),
                         }
                     })?;
-                    file.sync_all().map_err(|e| self.io(&temp, e))?;
                     let mut bytes = Vec::new();
                     self.open_file(&temp)?
                         .read_to_end(&mut bytes)
@@ -484,9 +483,10 @@ impl IndexStore {
             let sidecar = format!("{stem}.json");
             let (sidecar_temp, mut f) = self.temp_file(&sidecar)?;
             let json = serde_json::to_vec(origin).unwrap_or_default();
+            // Not synced, as the index is not: one a crash tore is read as no origin, and an
+            // index without its windows and without an origin is downloaded again.
             let written = f
                 .write_all(&json)
-                .and_then(|()| f.sync_all())
                 .map_err(|e| self.io(&sidecar_temp, e))
                 .and_then(|()| self.rename(&sidecar_temp, &sidecar));
             if written.is_err() {
