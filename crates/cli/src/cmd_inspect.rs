@@ -53,11 +53,10 @@ pub fn run(args: Args) -> Result<()> {
             tracing::warn!("{e}");
             None
         });
-    // Its startup pack: the ranges its replay reads, in one blob (its size is what matters).
+    // Its startup pack: the ranges its replay reads, in one blob.
     let pack_bytes = store
         .ok()
-        .and_then(|store| store.pack(digest).ok().flatten())
-        .map(|p| p.len() as u64);
+        .and_then(|store| store.pack_size(digest).ok().flatten());
     match &args.ls {
         Some(path) => list(&archive, path, args.recursive, args.json, &mut out)?,
         None if args.profile => {

@@ -81,9 +81,8 @@ struct Entry {
 }
 
 /// A parsed startup pack: ranges of blobs, sorted by (digest, offset), none overlapping.
-#[derive(Clone)]
 pub struct RangePack {
-    bytes: Arc<[u8]>,
+    bytes: Vec<u8>,
     entries: Vec<Entry>,
 }
 
@@ -108,8 +107,7 @@ impl RangePack {
     /// Parses a pack. Untrusted input: the layout is checked whole (magic, version, sizes,
     /// ranges sorted and disjoint, data exactly as long as the ranges say); the bytes
     /// themselves are verified by whoever reads them.
-    pub fn parse(bytes: impl Into<Arc<[u8]>>) -> Result<RangePack, PackError> {
-        let bytes: Arc<[u8]> = bytes.into();
+    pub fn parse(bytes: Vec<u8>) -> Result<RangePack, PackError> {
         let total = bytes.len() as u64;
         if total > MAX_PACK_BYTES {
             return Err(PackError::TooLarge(total));

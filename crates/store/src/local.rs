@@ -173,19 +173,8 @@ impl IndexStore {
                 .map_or(0, |d| d.as_secs()),
         };
         let name = resolution_name(reference, platform);
-        let written = (|| {
-            let (temp, mut file) = self.temp_file(&name)?;
-            let json = serde_json::to_vec(&record).unwrap_or_default();
-            let result = file
-                .write_all(&json)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| self.io(&temp, e))
-                .and_then(|()| self.rename(&temp, &name));
-            if result.is_err() {
-                let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp.as_str(), AtFlags::empty());
-            }
-            result
-        })();
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        let written = self.write_atomically(&name, &json, true);
         if let Err(e) = written {
             tracing::warn!(%reference, error = %e, "cannot record what the reference resolved to");
         }
@@ -209,18 +198,8 @@ impl IndexStore {
     /// to replace).
     pub fn profile(&self, manifest_digest: &str) -> Result<Option<Profile>, StoreError> {
         let name = format!("{}.profile.json", self.stem(manifest_digest)?);
-        let bytes = match self.open_file(&name) {
-            Ok(file) => {
-                let mut bytes = Vec::new();
-                file.take(crate::MAX_PROFILE_BYTES + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| self.io(&name, e))?;
-                bytes
-            }
-            Err(StoreError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+        let Some(bytes) = self.read_if_any(&name, crate::MAX_PROFILE_BYTES)? else {
+            return Ok(None);
         };
         Profile::parse(&bytes, manifest_digest)
             .map(Some)
@@ -234,16 +213,8 @@ impl IndexStore {
     /// merging is the caller's choice). Published atomically.
     pub fn put_profile(&self, profile: &Profile) -> Result<PathBuf, StoreError> {
         let name = format!("{}.profile.json", self.stem(&profile.manifest_digest)?);
-        let (temp, mut file) = self.temp_file(&name)?;
-        let written = file
-            .write_all(&profile.to_json())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| self.io(&temp, e))
-            .and_then(|()| self.rename(&temp, &name));
-        if written.is_err() {
-            let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp.as_str(), AtFlags::empty());
-        }
-        written.map(|()| self.path.join(name))
+        self.write_atomically(&name, &profile.to_json(), true)?;
+        Ok(self.path.join(name))
     }
 
     /// Downloads the profile artifact `found` of the image whose manifest is `manifest_digest`:
@@ -295,33 +266,25 @@ impl IndexStore {
                 Err(e) => Err(self.io(&name, e.into())),
             };
         };
-        let (temp, mut file) = self.temp_file(&name)?;
-        let written = file
-            .write_all(pack)
-            .map_err(|e| self.io(&temp, e))
-            .and_then(|()| self.rename(&temp, &name));
-        if written.is_err() {
-            let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp.as_str(), AtFlags::empty());
-        }
-        written
+        // Not synced: a pack is parsed and its bytes verified when used.
+        self.write_atomically(&name, pack, false)
     }
 
     /// The startup pack kept for the image with this manifest digest, if any (at most
     /// [`crate::MAX_PACK_BYTES`]; its format is checked by whoever reads it).
     pub fn pack(&self, manifest_digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = format!("{}.pack", self.stem(manifest_digest)?);
-        match self.open_file(&name) {
-            Ok(file) => {
-                let mut bytes = Vec::new();
-                file.take(crate::MAX_PACK_BYTES + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| self.io(&name, e))?;
-                Ok(Some(bytes))
-            }
-            Err(StoreError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
+        self.read_if_any(&name, crate::MAX_PACK_BYTES)
+    }
+
+    /// The size of the startup pack kept for the image with this manifest digest, if any.
+    pub fn pack_size(&self, manifest_digest: &str) -> Result<Option<u64>, StoreError> {
+        let name = format!("{}.pack", self.stem(manifest_digest)?);
+        match clip_sys::private::stat_at(self.dir.as_fd(), &name) {
+            Ok(st) if st.is_file() => Ok(Some(st.size)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(&name, e)),
         }
     }
 
@@ -461,6 +424,39 @@ impl IndexStore {
         .map_err(|e| self.io(name, e.into()))
     }
 
+    /// The file `name` of the store, at most `cap` bytes of it (one more, so that the reader
+    /// sees it is too long); `None` when there is none.
+    fn read_if_any(&self, name: &str, cap: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.open_file(name) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                file.take(cap + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| self.io(name, e))?;
+                Ok(Some(bytes))
+            }
+            Err(StoreError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `bytes` as the file `name` of the store: a temp file (synced when `sync`)
+    /// renamed into place, removed when anything failed.
+    fn write_atomically(&self, name: &str, bytes: &[u8], sync: bool) -> Result<(), StoreError> {
+        let (temp, mut file) = self.temp_file(name)?;
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+            .map_err(|e| self.io(&temp, e))
+            .and_then(|()| self.rename(&temp, name));
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(self.dir.as_fd(), temp.as_str(), AtFlags::empty());
+        }
+        written
+    }
+
     fn read_small(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let mut bytes = Vec::new();
         self.open_file(name)?
@@ -480,20 +476,10 @@ impl IndexStore {
         origin: &Origin,
     ) -> Result<StoredIndex, StoreError> {
         let result = done.and_then(|()| {
-            let sidecar = format!("{stem}.json");
-            let (sidecar_temp, mut f) = self.temp_file(&sidecar)?;
             let json = serde_json::to_vec(origin).unwrap_or_default();
             // Not synced, as the index is not: one a crash tore is read as no origin, and an
             // index without its windows and without an origin is downloaded again.
-            let written = f
-                .write_all(&json)
-                .map_err(|e| self.io(&sidecar_temp, e))
-                .and_then(|()| self.rename(&sidecar_temp, &sidecar));
-            if written.is_err() {
-                let _ =
-                    rustix::fs::unlinkat(self.dir.as_fd(), sidecar_temp.as_str(), AtFlags::empty());
-            }
-            written?;
+            self.write_atomically(&format!("{stem}.json"), &json, false)?;
             self.rename(temp, &format!("{stem}.clip"))
         });
         match result {
