@@ -490,14 +490,14 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
         windows_blob: located.windows_blob.clone(),
         ..FetchOptions::default()
     };
-    let mut source: Arc<dyn BlobSource> = Arc::new(RegistrySource::new(client, reference.clone()));
-    if args.serve.prefetch_mode() != Prefetch::None {
-        if let Some(pack) = startup_pack(&args.source.registry.cache_dir(), &meta.manifest_digest) {
-            source = Arc::new(PackSource::new(pack, source));
-        }
-    }
+    // The startup pack goes in front of the registry when the profile's replay needs it
+    // (`start_prefetch`); a read waits for it no longer than for the registry.
+    let packed = Arc::new(PackSource::without_pack(
+        Arc::new(RegistrySource::new(client, reference.clone())),
+        timeout,
+    ));
     let fetcher = Arc::new(
-        Fetcher::with_source(archive.clone(), source, fetch_options)
+        Fetcher::with_source(archive.clone(), packed.clone(), fetch_options)
             .context("setting up the span cache")?,
     );
     // The registry is checked while the mount is set up (a round trip off every start); the
@@ -512,6 +512,7 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     };
     start_prefetch(
         &fetcher,
+        &packed,
         &archive,
         &args.serve,
         &args.source.registry.cache_dir(),
@@ -624,25 +625,43 @@ fn serve(args: &Args, located: &Located, became_ready: &mut bool) -> Result<()> 
     result.with_context(|| format!("serving {}", args.dir.display()))
 }
 
-/// `--prefetch`: the image's startup profile replayed (when the index store has one), and with
+/// `--prefetch`: the image's startup profile replayed (when the index store has one), its
+/// startup pack in front of the registry when the cache lacks some of its spans, and with
 /// `all` the rest of the image fetched after it. Before the mount is ready, so that fetching
 /// starts at once.
-fn start_prefetch(fetcher: &Fetcher, archive: &Archive<'_>, serve: &ServeArgs, cache_dir: &Path) {
+fn start_prefetch(
+    fetcher: &Fetcher,
+    packed: &PackSource,
+    archive: &Archive<'_>,
+    serve: &ServeArgs,
+    cache_dir: &Path,
+) {
     let mode = serve.prefetch_mode();
     if mode == Prefetch::None {
         return;
     }
     let digest = &archive.meta().manifest_digest;
-    let profile = clip_store::IndexStore::open(cache_dir)
-        .and_then(|store| store.profile(digest))
+    let store = clip_store::IndexStore::open(cache_dir);
+    let profile = store
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|store| store.profile(digest).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| {
             tracing::warn!("no startup profile replayed: {e}");
             None
         });
     if let Some(profile) = profile {
-        let queued = fetcher.prefetch(&profile_spans(archive, &profile));
+        let spans = profile_spans(archive, &profile);
+        let missing = fetcher.uncached(&spans);
+        if missing > 0 {
+            if let Ok(store) = &store {
+                use_startup_pack(store, digest, packed);
+            }
+        }
+        let queued = fetcher.prefetch(&spans);
         tracing::info!(
             queued,
+            missing,
             listed = profile.spans.len(),
             "replaying the startup profile"
         );
@@ -678,28 +697,38 @@ fn profile_spans(archive: &Archive<'_>, profile: &clip_store::Profile) -> Vec<(u
         .collect()
 }
 
-/// The startup pack kept for the image with this manifest digest, parsed; `None` (said in the
-/// log) when there is none or it is unusable: a pack only makes a start faster.
-fn startup_pack(cache_dir: &Path, manifest_digest: &str) -> Option<RangePack> {
-    let bytes = clip_store::IndexStore::open(cache_dir)
-        .and_then(|store| store.pack(manifest_digest))
-        .unwrap_or_else(|e| {
-            tracing::warn!("no startup pack used: {e}");
-            None
-        })?;
-    match RangePack::parse(bytes) {
-        Ok(pack) => {
-            tracing::info!(
-                ranges = pack.ranges(),
-                bytes = pack.data_len(),
-                "startup pack"
-            );
-            Some(pack)
+/// Puts the startup pack of the image with this manifest digest in front of the registry:
+/// the one kept here (made by this node), else the one its registry has, downloaded while the
+/// mount starts. None used (said in the log) when there is none or it is unusable: a pack
+/// only makes a start faster.
+fn use_startup_pack(store: &clip_store::IndexStore, manifest_digest: &str, packed: &PackSource) {
+    match store.pack(manifest_digest) {
+        Ok(Some(bytes)) => match RangePack::parse(bytes) {
+            Ok(pack) => {
+                tracing::info!(
+                    ranges = pack.ranges(),
+                    bytes = pack.data_len(),
+                    "startup pack"
+                );
+                packed.put(pack);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("the startup pack kept for {manifest_digest} is not used: {e}")
+            }
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!("the startup pack kept for {manifest_digest} is not used: {e}"),
+    }
+    match store.pack_ref(manifest_digest) {
+        Ok(Some(pack)) => {
+            tracing::info!(digest = %pack.digest, bytes = pack.size, "downloading the startup pack");
+            if let Err(e) = packed.download(&pack.digest, pack.size) {
+                tracing::warn!("the startup pack is not used: {e}");
+            }
         }
-        Err(e) => {
-            tracing::warn!("the startup pack kept for {manifest_digest} is not used: {e}");
-            None
-        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("no startup pack used: {e}"),
     }
 }
 
@@ -746,6 +775,7 @@ fn make_pack(
         .map_or(0, |d| d.subsec_nanos());
     let scratch = cache_dir.join(format!("pack-{}-{nanos}", std::process::id()));
     let recorder = Arc::new(RecordingSource::new(source));
+    let rank = pack_rank(&archive, &spans, windows_blob.as_deref());
     let made = (|| {
         let fetcher = Fetcher::with_source(
             archive,
@@ -769,12 +799,50 @@ fn make_pack(
         if errors > 0 {
             bail!("{errors} of the profile's spans could not be read (see the log)");
         }
-        Ok(recorder.pack())
+        Ok(recorder.pack_by(rank))
     })();
     if let Err(e) = std::fs::remove_dir_all(&scratch) {
         tracing::warn!(dir = %scratch.display(), "removing the scratch cache: {e}");
     }
     made
+}
+
+/// Where a range read by a profile's replay goes in its startup pack: at the profile position of
+/// the first span it serves (its compressed bytes, or its seek window in the index blob
+/// `windows_blob`), so that a node downloading the pack gets what its start needs first.
+fn pack_rank(
+    archive: &Archive<'_>,
+    spans: &[(u32, usize)],
+    windows_blob: Option<&str>,
+) -> impl Fn(&str, &std::ops::Range<u64>) -> usize {
+    // (blob, start, end, profile position) of every span of the profile and of its window.
+    let mut places: Vec<(String, u64, u64, usize)> = Vec::new();
+    let layers = archive.layers();
+    for (position, &(layer, span)) in spans.iter().enumerate() {
+        let (Some(l), Ok(table)) = (layers.get(layer as usize), archive.spans(layer)) else {
+            continue;
+        };
+        if let Ok(info) = table.get(span) {
+            places.push((
+                l.digest.clone(),
+                info.compressed_offset,
+                info.compressed_end,
+                position,
+            ));
+        }
+        if let (Some(blob), Ok(Some(w))) = (windows_blob, archive.window_ref(layer, span)) {
+            let end = w.offset.saturating_add(u64::from(w.len));
+            places.push((blob.to_string(), w.offset, end, position));
+        }
+    }
+    move |blob: &str, range: &std::ops::Range<u64>| {
+        places
+            .iter()
+            .filter(|(b, start, end, _)| b == blob && *start < range.end && range.start < *end)
+            .map(|p| p.3)
+            .min()
+            .unwrap_or(usize::MAX)
+    }
 }
 
 /// The first bytes of a mapping (an index's metadata).
@@ -903,7 +971,9 @@ pub fn keep_profile(
             &subject,
         )
         .with_context(|| format!("pushing the profile of {reference}"))?;
+        // This node keeps its pack (the registry's copy is the same bytes).
         store.put_pack(&profile.manifest_digest, pack.as_deref())?;
+        store.put_pack_ref(&profile.manifest_digest, None)?;
         eprintln!(
             "clip: pushed the profile{} to {}/{} as artifact {}",
             match &pack {

@@ -409,8 +409,11 @@ fn keep_profile(
     let kept = store
         .download_profile(client, reference, &found, &image.manifest_digest)
         .and_then(|downloaded| {
-            let pack = downloaded.pack.as_ref().map(|p| p.len());
-            store.put_pack(&image.manifest_digest, downloaded.pack.as_deref())?;
+            // The pack is named, not downloaded: a mount downloads it if its replay needs it.
+            // A pack made here for an earlier profile is not this one's.
+            let pack = downloaded.pack.as_ref().map(|p| p.size);
+            store.put_pack(&image.manifest_digest, None)?;
+            store.put_pack_ref(&image.manifest_digest, downloaded.pack.as_ref())?;
             Ok((store.put_profile(&downloaded.profile)?, pack))
         });
     match kept {

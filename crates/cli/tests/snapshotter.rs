@@ -729,15 +729,10 @@ fn the_cri_path_starts_a_pod_without_pulling_layers() {
         .build()
         .expect("tokio");
     tokio.block_on(async {
-        let channel = tonic_cri::transport::Endpoint::try_from("http://[::]")
+        let channel = tonic::transport::Endpoint::try_from("http://[::]")
             .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: tonic_cri::transport::Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                tokio::net::UnixStream::connect(socket.clone())
             }))
             .await
             .expect("connecting to containerd's CRI socket");

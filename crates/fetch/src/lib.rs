@@ -124,7 +124,7 @@ use clip_registry::{Client, Reference};
 pub use cache::PrivateDirError;
 pub use error::FetchError;
 pub use pack::{
-    PackError, PackSource, RangePack, RecordingSource, MAX_PACK_BYTES, MAX_PACK_ENTRIES,
+    BlobRange, PackError, PackSource, RangePack, RecordingSource, MAX_PACK_BYTES, MAX_PACK_ENTRIES,
     PACK_MAGIC, PACK_VERSION,
 };
 pub use source::{BlobSource, RegistrySource};
@@ -391,6 +391,13 @@ impl Fetcher {
     /// fetch; cached spans are skipped. See the `prefetch_*` counters.
     pub fn prefetch(&self, spans: &[(u32, usize)]) -> usize {
         self.shared.prefetch(spans)
+    }
+
+    /// How many of `spans` (layer, span) have no entry in the cache (entries are not verified
+    /// here): whether replaying them needs any bytes at all. Spans the archive does not have,
+    /// and empty ones, count as cached.
+    pub fn uncached(&self, spans: &[(u32, usize)]) -> usize {
+        self.shared.uncached(spans)
     }
 
     /// Starts fetching every span of the image not yet cached, at the lowest priority, at most

@@ -20,10 +20,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::decode::span_len;
 use crate::fetcher::{bump, LayerState, Shared};
 use crate::queue::Priority;
 use crate::run::Job;
 use crate::sync::lock;
+use crate::SpanRef;
 
 /// Profile entries per batch: within a batch, neighbours are coalesced (the batches go in
 /// profile order).
@@ -115,6 +117,21 @@ impl Shared {
         }
         tracing::debug!(queued, "profile prefetch queued");
         queued
+    }
+
+    /// See [`crate::Fetcher::uncached`].
+    pub(crate) fn uncached(&self, spans: &[(u32, usize)]) -> usize {
+        spans
+            .iter()
+            .filter(|&&(layer, index)| {
+                let (Ok(l), Ok(table)) = (self.layer(layer), self.archive.spans(layer)) else {
+                    return false;
+                };
+                table.get(index).is_ok_and(|info| {
+                    span_len(&info) > 0 && !l.cache.exists(&SpanRef { index, info })
+                })
+            })
+            .count()
     }
 
     /// Queues the fill: every span of every layer, at the lowest priority, at most `rate`

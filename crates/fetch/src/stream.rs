@@ -182,20 +182,7 @@ impl Read for HashingReader<'_> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
             Err(e) => {
                 let message = e.to_string();
-                let registry = match e
-                    .into_inner()
-                    .map(|inner| inner.downcast::<RegistryError>())
-                {
-                    Some(Ok(r)) => *r,
-                    Some(Err(other)) => RegistryError::Transport {
-                        url: String::new(),
-                        source: io::Error::other(other),
-                    },
-                    None => RegistryError::Transport {
-                        url: String::new(),
-                        source: io::Error::other(message.clone()),
-                    },
-                };
+                let registry = RegistryError::from_io_owned(e);
                 // The first failure is the one that matters (a failed stream only repeats
                 // that it failed).
                 self.failure.borrow_mut().get_or_insert(registry);

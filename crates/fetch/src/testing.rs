@@ -56,6 +56,8 @@ struct State {
     held: bool,
     /// Requests for these blobs wait.
     held_blobs: HashSet<String>,
+    /// Streams of these blobs stop after this many bytes, and wait.
+    stalled_blobs: HashMap<String, usize>,
     mirrors: bool,
     distrusted: usize,
 }
@@ -111,11 +113,20 @@ impl MemorySource {
         lock(&self.state).held_blobs.insert(digest.to_string());
     }
 
-    /// Lets waiting and later requests through (all of them).
+    /// Streams of blob `digest` from now on stop after `bytes` bytes and wait until
+    /// [`MemorySource::release`]: a download that stalls half way.
+    pub fn stall_blob_after(&self, digest: &str, bytes: usize) {
+        lock(&self.state)
+            .stalled_blobs
+            .insert(digest.to_string(), bytes);
+    }
+
+    /// Lets waiting and later requests (and stalled streams) through, all of them.
     pub fn release(&self) {
         let mut state = lock(&self.state);
         state.held = false;
         state.held_blobs.clear();
+        state.stalled_blobs.clear();
         drop(state);
         self.changed.notify_all();
     }
@@ -231,7 +242,10 @@ impl BlobSource for MemorySource {
                 }
             },
         )?;
+        let stall_at = lock(&self.state).stalled_blobs.get(digest).copied();
         Ok(Box::new(VerifiedStream {
+            source: self,
+            stall_at,
             expected: digest.to_string(),
             data: io::Cursor::new(blob),
             hasher: Some(Sha256::new()),
@@ -251,15 +265,31 @@ impl BlobSource for MemorySource {
 
 /// A blob stream that fails at its end when it does not hash to its digest (as the registry
 /// client's blob reader does).
-struct VerifiedStream {
+struct VerifiedStream<'a> {
+    source: &'a MemorySource,
+    /// Where the stream stalls ([`MemorySource::stall_blob_after`]).
+    stall_at: Option<usize>,
     expected: String,
     data: io::Cursor<Vec<u8>>,
     /// `None` once the end was reached and verified.
     hasher: Option<Sha256>,
 }
 
-impl Read for VerifiedStream {
+impl Read for VerifiedStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let at = usize::try_from(self.data.position()).unwrap_or(usize::MAX);
+        let mut buf = buf;
+        if let Some(stall) = self.stall_at {
+            if at >= stall {
+                let state = lock(&self.source.state);
+                let _ = wait_while(&self.source.changed, state, None, |s| {
+                    s.stalled_blobs.contains_key(&self.expected)
+                });
+                self.stall_at = None;
+            } else if buf.len() > stall - at {
+                buf = &mut buf[..stall - at];
+            }
+        }
         let n = self.data.read(buf)?;
         if n == 0 && !buf.is_empty() {
             let Some(hasher) = self.hasher.take() else {

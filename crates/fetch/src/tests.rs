@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use clip_archive::{Archive, Compression};
 
 use crate::fetcher::Shared;
-use crate::testing::{image, MemorySource, Request, TestLayer};
+use crate::testing::{image, sha256_digest, MemorySource, Request, TestLayer};
 use crate::{
-    default_cache_dir, CacheOptions, FetchError, FetchOptions, FetchStats, Fetcher, PackSource,
-    RangePack, RecordingSource,
+    default_cache_dir, BlobSource, CacheOptions, FetchError, FetchOptions, FetchStats, Fetcher,
+    PackSource, RangePack, RecordingSource, MAX_PACK_BYTES,
 };
 
 const SPAN: usize = 1000;
@@ -688,4 +688,165 @@ fn bytes_of_a_pack_that_do_not_verify_are_refused_and_the_pack_dropped() {
         SPAN as u64,
         "only the refused span came from it"
     );
+}
+
+/// The ranges asked of `source`, whole-blob reads left out.
+fn range_requests(source: &MemorySource) -> Vec<std::ops::Range<u64>> {
+    source
+        .requests()
+        .into_iter()
+        .filter_map(|r| match r {
+            Request::Range { range, .. } => Some(range),
+            Request::Blob { .. } => None,
+        })
+        .collect()
+}
+
+/// A pack of spans `spans` of layer 0, as the registry would have it: a blob of `s.source`.
+fn pack_blob(s: &Setup, spans: std::ops::Range<usize>) -> (String, u64) {
+    let bytes = s.bytes(0, spans.start * SPAN, spans.len() * SPAN).to_vec();
+    let pack = RangePack::encode(&[(s.digest(0), (spans.start * SPAN) as u64, bytes)]);
+    let size = pack.len() as u64;
+    (s.source.insert(pack), size)
+}
+
+#[test]
+fn a_pack_downloaded_while_the_mount_starts_serves_the_replay() {
+    let s = setup(vec![plain(0, 20)]);
+    let (digest, size) = pack_blob(&s, 2..6);
+    // The pack's download stalls: the replay's reads wait for it rather than ask for ranges.
+    s.source.hold_blob(&digest);
+    let packed = Arc::new(PackSource::without_pack(s.source.clone(), WAIT));
+    let f = Fetcher::with_source(s.archive.clone(), packed.clone(), options(&s.cache_dir)).unwrap();
+    assert_eq!(f.uncached(&[(0, 2), (0, 3), (0, 30), (9, 0)]), 2);
+    packed.download(&digest, size).unwrap();
+    f.prefetch(&[(0, 3), (0, 2), (0, 5)]);
+    assert!(s.source.wait_for_requests(1, WAIT));
+    s.source.release();
+    assert!(f.wait_idle(WAIT));
+    assert_eq!(
+        s.source.requests(),
+        [Request::Blob { digest }],
+        "the pack, and not one range"
+    );
+    let stats = f.stats();
+    assert_eq!((stats.registry_requests, stats.prefetch_spans), (0, 3));
+    assert_eq!(stats.pack_bytes, 2 * SPAN as u64 + SPAN as u64);
+    assert_eq!(f.uncached(&[(0, 2), (0, 3), (0, 5)]), 0);
+    // A range the pack's table does not name goes to the registry.
+    read_ok(&s, &f, 0, 10 * SPAN, SPAN);
+    assert_eq!(
+        range_requests(&s.source),
+        [10 * SPAN as u64..11 * SPAN as u64]
+    );
+}
+
+#[test]
+fn a_read_the_pack_does_not_hold_does_not_wait_for_its_data() {
+    let s = setup(vec![plain(0, 20)]);
+    // The pack's download stalls after its table (one range: 16 + 56 bytes).
+    let (digest, size) = pack_blob(&s, 2..6);
+    s.source.stall_blob_after(&digest, 72);
+    let packed = Arc::new(PackSource::without_pack(s.source.clone(), WAIT));
+    let f = Fetcher::with_source(s.archive.clone(), packed.clone(), options(&s.cache_dir)).unwrap();
+    packed.download(&digest, size).unwrap();
+    // Not held: from the registry, while the pack's data is still to come.
+    read_ok(&s, &f, 0, 12 * SPAN, SPAN);
+    // Held: served from the pack once it is there, without a range request.
+    s.source.release();
+    read_ok(&s, &f, 0, 4 * SPAN, SPAN);
+    assert_eq!(
+        s.source.requests(),
+        [
+            Request::Blob {
+                digest: digest.clone()
+            },
+            Request::Range {
+                digest: s.digest(0),
+                range: 12 * SPAN as u64..13 * SPAN as u64
+            }
+        ]
+    );
+    assert_eq!(f.stats().pack_bytes, SPAN as u64);
+}
+
+#[test]
+fn a_read_waits_for_the_pack_no_longer_than_the_source_says() {
+    let s = setup(vec![plain(0, 20)]);
+    let (digest, size) = pack_blob(&s, 2..6);
+    s.source.hold_blob(&digest);
+    // No wait at all: the read the stalled pack would hold goes to the registry.
+    let packed = Arc::new(PackSource::without_pack(s.source.clone(), Duration::ZERO));
+    let f = Fetcher::with_source(s.archive.clone(), packed.clone(), options(&s.cache_dir)).unwrap();
+    packed.download(&digest, size).unwrap();
+    read_ok(&s, &f, 0, 3 * SPAN, SPAN);
+    assert_eq!(
+        range_requests(&s.source),
+        [3 * SPAN as u64..4 * SPAN as u64]
+    );
+    // Once it came, it is used.
+    s.source.release();
+    until("the pack is there", || {
+        packed.holds(&s.digest(0), &(4 * SPAN as u64..5 * SPAN as u64))
+    });
+    read_ok(&s, &f, 0, 4 * SPAN, SPAN);
+    assert_eq!(range_requests(&s.source).len(), 1);
+}
+
+#[test]
+fn a_pack_that_fails_to_download_is_not_used_and_reads_go_to_the_registry() {
+    let s = setup(vec![plain(0, 20)]);
+    // Named with a size it does not have: the stream fails its size check.
+    let (digest, size) = pack_blob(&s, 2..6);
+    for (digest, size) in [
+        (digest.clone(), size + 1),
+        (digest.clone(), size - 1),
+        (sha256_digest(b"no such blob"), size),
+        (digest, MAX_PACK_BYTES + 1),
+    ] {
+        let packed = Arc::new(PackSource::without_pack(s.source.clone(), WAIT));
+        let cache = tempfile::tempdir().unwrap();
+        let f =
+            Fetcher::with_source(s.archive.clone(), packed.clone(), options(cache.path())).unwrap();
+        packed.download(&digest, size).unwrap();
+        let before = range_requests(&s.source).len();
+        read_ok(&s, &f, 0, 3 * SPAN, SPAN);
+        assert_eq!(
+            range_requests(&s.source)[before..],
+            [3 * SPAN as u64..4 * SPAN as u64],
+            "{digest} of {size} bytes"
+        );
+        assert_eq!(f.stats().pack_bytes, 0);
+    }
+}
+
+#[test]
+fn a_pack_serves_its_first_ranges_before_the_rest_arrives() {
+    let s = setup(vec![plain(0, 20)]);
+    // Span 7 first (what the start needs first), then spans 2..4.
+    let pack = RangePack::encode(&[
+        (
+            s.digest(0),
+            7 * SPAN as u64,
+            s.bytes(0, 7 * SPAN, SPAN).to_vec(),
+        ),
+        (
+            s.digest(0),
+            2 * SPAN as u64,
+            s.bytes(0, 2 * SPAN, 2 * SPAN).to_vec(),
+        ),
+    ]);
+    let size = pack.len() as u64;
+    let digest = s.source.insert(pack);
+    // The download stalls after the table (two ranges: 16 + 2 × 56 bytes) and span 7.
+    s.source.stall_blob_after(&digest, 128 + SPAN);
+    let packed = Arc::new(PackSource::without_pack(s.source.clone(), WAIT));
+    let f = Fetcher::with_source(s.archive.clone(), packed.clone(), options(&s.cache_dir)).unwrap();
+    packed.download(&digest, size).unwrap();
+    read_ok(&s, &f, 0, 7 * SPAN, SPAN);
+    assert_eq!(range_requests(&s.source), [], "span 7 came from the pack");
+    s.source.release();
+    read_ok(&s, &f, 0, 3 * SPAN, SPAN);
+    assert_eq!(range_requests(&s.source), []);
+    assert_eq!(f.stats().pack_bytes, 2 * SPAN as u64);
 }

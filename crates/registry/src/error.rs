@@ -159,6 +159,26 @@ impl RegistryError {
     pub fn from_io(err: &io::Error) -> Option<&RegistryError> {
         err.get_ref()?.downcast_ref::<RegistryError>()
     }
+
+    /// The `RegistryError` an `io::Error` of a [`crate::BlobReader`] carries, taken out of it;
+    /// any other I/O error as a transport failure.
+    pub fn from_io_owned(err: io::Error) -> RegistryError {
+        let message = err.to_string();
+        match err
+            .into_inner()
+            .map(|inner| inner.downcast::<RegistryError>())
+        {
+            Some(Ok(r)) => *r,
+            Some(Err(other)) => RegistryError::Transport {
+                url: String::new(),
+                source: io::Error::other(other),
+            },
+            None => RegistryError::Transport {
+                url: String::new(),
+                source: io::Error::other(message),
+            },
+        }
+    }
 }
 
 /// HTTP statuses worth retrying.

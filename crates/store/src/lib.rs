@@ -40,7 +40,9 @@ pub use artifact::{
     MAX_PROFILE_BYTES, PACK_MEDIA_TYPE, PROFILE_ARTIFACT_TYPE, PROFILE_MEDIA_TYPE,
 };
 pub use error::StoreError;
-pub use local::{check_binding, DownloadedProfile, IndexStore, Origin, Resolution, StoredIndex};
+pub use local::{
+    check_binding, DownloadedProfile, IndexStore, Origin, PackRef, Resolution, StoredIndex,
+};
 pub use profile::{
     Profile, ProfileError, ProfileFile, ProfileSpan, MAX_PROFILE_FILES, MAX_PROFILE_SPANS,
     PROFILE_VERSION,

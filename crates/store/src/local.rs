@@ -68,14 +68,33 @@ pub struct StoredIndex {
     pub origin: Origin,
 }
 
-/// What [`IndexStore::download_profile`] got: the profile, and its startup pack if the
-/// artifact has one.
+/// What [`IndexStore::download_profile`] got: the profile, and where its startup pack is if
+/// the artifact has one.
 #[derive(Debug, Clone)]
 pub struct DownloadedProfile {
     /// The profile, checked.
     pub profile: Profile,
-    /// The startup pack's bytes, unparsed.
-    pub pack: Option<Vec<u8>>,
+    /// The startup pack, not downloaded: the mount that replays the profile downloads it
+    /// while it starts, and only when the cache lacks some of the profile's spans.
+    pub pack: Option<PackRef>,
+}
+
+/// A startup pack in the image's repository: a blob of the profile artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRef {
+    /// Its digest (`sha256:…`).
+    pub digest: String,
+    /// Its size in bytes, at most [`crate::MAX_PACK_BYTES`].
+    pub size: u64,
+}
+
+impl PackRef {
+    fn check(self) -> Option<PackRef> {
+        (self.digest.starts_with("sha256:")
+            && file_stem(&self.digest).is_some()
+            && self.size <= crate::MAX_PACK_BYTES)
+            .then_some(self)
+    }
 }
 
 /// The local index store of one cache directory.
@@ -218,10 +237,10 @@ impl IndexStore {
     }
 
     /// Downloads the profile artifact `found` of the image whose manifest is `manifest_digest`:
-    /// the artifact manifest checked, its blobs (the profile, and its startup pack if it has
-    /// one: both at once) verified against their digests and sizes, the profile parsed and
-    /// checked ([`Profile::parse`]). The pack is opaque here (at most [`crate::MAX_PACK_BYTES`]).
-    /// Not kept: see [`IndexStore::put_profile`] and [`IndexStore::put_pack`].
+    /// the artifact manifest checked, the profile blob verified against its digest and size,
+    /// the profile parsed and checked ([`Profile::parse`]). Its startup pack, if it has one,
+    /// is only named (at most [`crate::MAX_PACK_BYTES`]). Not kept: see
+    /// [`IndexStore::put_profile`] and [`IndexStore::put_pack_ref`].
     pub fn download_profile(
         &self,
         client: &Client,
@@ -230,30 +249,51 @@ impl IndexStore {
         manifest_digest: &str,
     ) -> Result<DownloadedProfile, StoreError> {
         let (blob, pack) = profile_blob(client, image, &found.artifact, manifest_digest)?;
-        let download = |blob: &clip_registry::Descriptor| -> Result<Vec<u8>, StoreError> {
-            let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
-            let mut bytes = Vec::new();
-            reader
-                .read_to_end(&mut bytes)
-                .map_err(into_registry_error)
-                .map_err(StoreError::Registry)?;
-            Ok(bytes)
-        };
-        let (bytes, pack) = std::thread::scope(|scope| {
-            let pack = pack.as_ref().map(|p| scope.spawn(|| download(p)));
-            let bytes = download(&blob);
-            let pack = pack.map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-            (bytes, pack)
-        });
+        let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(clip_registry::RegistryError::from_io_owned)
+            .map_err(StoreError::Registry)?;
         let profile =
-            Profile::parse(&bytes?, manifest_digest).map_err(|error| StoreError::Profile {
+            Profile::parse(&bytes, manifest_digest).map_err(|error| StoreError::Profile {
                 what: format!("{} of {image}", found.artifact.digest),
                 error,
             })?;
         Ok(DownloadedProfile {
             profile,
-            pack: pack.transpose()?,
+            pack: pack.map(|p| PackRef {
+                digest: p.digest,
+                size: p.size,
+            }),
         })
+    }
+
+    /// Keeps where the startup pack of the image with this manifest digest is in its registry
+    /// (replacing what was kept), or forgets it when `None`. Published atomically.
+    pub fn put_pack_ref(
+        &self,
+        manifest_digest: &str,
+        pack: Option<&PackRef>,
+    ) -> Result<(), StoreError> {
+        let name = format!("{}.pack.json", self.stem(manifest_digest)?);
+        match pack {
+            Some(pack) => {
+                let json = serde_json::to_vec(pack).unwrap_or_default();
+                self.write_atomically(&name, &json, false)
+            }
+            None => self.unlink_if_any(&name),
+        }
+    }
+
+    /// Where the startup pack of the image with this manifest digest is in its registry, if
+    /// that was kept (a record that does not parse counts as none).
+    pub fn pack_ref(&self, manifest_digest: &str) -> Result<Option<PackRef>, StoreError> {
+        let name = format!("{}.pack.json", self.stem(manifest_digest)?);
+        Ok(self
+            .read_if_any(&name, 64 << 10)?
+            .and_then(|bytes| serde_json::from_slice::<PackRef>(&bytes).ok())
+            .and_then(PackRef::check))
     }
 
     /// Keeps `pack` as the startup pack of the image with this manifest digest (replacing the
@@ -261,10 +301,7 @@ impl IndexStore {
     pub fn put_pack(&self, manifest_digest: &str, pack: Option<&[u8]>) -> Result<(), StoreError> {
         let name = format!("{}.pack", self.stem(manifest_digest)?);
         let Some(pack) = pack else {
-            return match rustix::fs::unlinkat(self.dir.as_fd(), name.as_str(), AtFlags::empty()) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-                Err(e) => Err(self.io(&name, e.into())),
-            };
+            return self.unlink_if_any(&name);
         };
         // Not synced: a pack is parsed and its bytes verified when used.
         self.write_atomically(&name, pack, false)
@@ -277,13 +314,16 @@ impl IndexStore {
         self.read_if_any(&name, crate::MAX_PACK_BYTES)
     }
 
-    /// The size of the startup pack kept for the image with this manifest digest, if any.
+    /// The size of the startup pack of the image with this manifest digest, if any: the one
+    /// kept here, else the one named in its registry.
     pub fn pack_size(&self, manifest_digest: &str) -> Result<Option<u64>, StoreError> {
         let name = format!("{}.pack", self.stem(manifest_digest)?);
         match clip_sys::private::stat_at(self.dir.as_fd(), &name) {
             Ok(st) if st.is_file() => Ok(Some(st.size)),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Ok(self.pack_ref(manifest_digest)?.map(|p| p.size))
+            }
             Err(e) => Err(self.io(&name, e)),
         }
     }
@@ -295,11 +335,10 @@ impl IndexStore {
             format!("{stem}.clip"),
             format!("{stem}.json"),
             format!("{stem}.profile.json"),
+            format!("{stem}.pack"),
+            format!("{stem}.pack.json"),
         ] {
-            match rustix::fs::unlinkat(self.dir.as_fd(), name.as_str(), AtFlags::empty()) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(self.io(&name, e.into())),
-            }
+            self.unlink_if_any(&name)?;
         }
         Ok(())
     }
@@ -364,7 +403,9 @@ impl IndexStore {
                     let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
                     io::copy(&mut reader, &mut file).map_err(|e| {
                         match clip_registry::RegistryError::from_io(&e) {
-                            Some(_) => StoreError::Registry(into_registry_error(e)),
+                            Some(_) => {
+                                StoreError::Registry(clip_registry::RegistryError::from_io_owned(e))
+                            }
                             None => self.io(&temp, e),
                         }
                     })?;
@@ -457,6 +498,14 @@ impl IndexStore {
         written
     }
 
+    /// Removes the file `name` of the store, if there is one.
+    fn unlink_if_any(&self, name: &str) -> Result<(), StoreError> {
+        match rustix::fs::unlinkat(self.dir.as_fd(), name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.io(name, e.into())),
+        }
+    }
+
     fn read_small(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let mut bytes = Vec::new();
         self.open_file(name)?
@@ -497,23 +546,6 @@ impl IndexStore {
     fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
         rustix::fs::renameat(self.dir.as_fd(), from, self.dir.as_fd(), to)
             .map_err(|e| self.io(to, e.into()))
-    }
-}
-
-fn into_registry_error(e: io::Error) -> clip_registry::RegistryError {
-    match e
-        .into_inner()
-        .map(|inner| inner.downcast::<clip_registry::RegistryError>())
-    {
-        Some(Ok(r)) => *r,
-        Some(Err(other)) => clip_registry::RegistryError::Transport {
-            url: String::new(),
-            source: io::Error::other(other),
-        },
-        None => clip_registry::RegistryError::Transport {
-            url: String::new(),
-            source: io::Error::other("the blob stream failed"),
-        },
     }
 }
 
@@ -675,5 +707,49 @@ mod tests {
         );
         store.remove(&d).unwrap();
         assert_eq!(store.profile(&d).unwrap(), None);
+    }
+
+    #[test]
+    fn a_pack_is_kept_here_or_named_in_the_registry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = IndexStore::open(&tmp.path().join("cache")).unwrap();
+        let d = format!("sha256:{}", "cd".repeat(32));
+        assert_eq!(store.pack_size(&d).unwrap(), None);
+        let named = PackRef {
+            digest: format!("sha256:{}", "ef".repeat(32)),
+            size: 1234,
+        };
+        store.put_pack_ref(&d, Some(&named)).unwrap();
+        assert_eq!(store.pack_ref(&d).unwrap(), Some(named.clone()));
+        assert_eq!(store.pack_size(&d).unwrap(), Some(1234));
+        // One made here wins (its size is its file's).
+        store.put_pack(&d, Some(b"12345")).unwrap();
+        assert_eq!(store.pack_size(&d).unwrap(), Some(5));
+        store.put_pack(&d, None).unwrap();
+        assert_eq!(store.pack_size(&d).unwrap(), Some(1234));
+        // A record naming what cannot be a pack is none.
+        for bad in [
+            PackRef {
+                digest: "sha256:../../x".into(),
+                size: 1,
+            },
+            PackRef {
+                digest: format!("sha512:{}", "ef".repeat(64)),
+                size: 1,
+            },
+            PackRef {
+                size: crate::MAX_PACK_BYTES + 1,
+                ..named.clone()
+            },
+        ] {
+            store.put_pack_ref(&d, Some(&bad)).unwrap();
+            assert_eq!(store.pack_ref(&d).unwrap(), None, "{bad:?}");
+        }
+        store.put_pack_ref(&d, Some(&named)).unwrap();
+        store.remove(&d).unwrap();
+        assert_eq!(store.pack_ref(&d).unwrap(), None);
+        store.put_pack_ref(&d, Some(&named)).unwrap();
+        store.put_pack_ref(&d, None).unwrap();
+        assert_eq!(store.pack_ref(&d).unwrap(), None);
     }
 }
