@@ -1140,3 +1140,31 @@ pub fn stats(args: StatsArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clip_archive::Compression;
+    use clip_fetch::testing::{image, TestLayer};
+
+    #[test]
+    fn a_pack_holds_first_what_the_profile_reads_first() {
+        let layer = |n: u8| TestLayer {
+            content: vec![n; 10 * 100],
+            compression: Compression::None,
+            span: 100,
+        };
+        let (archive, _) = image(&[layer(1), layer(2)]).unwrap();
+        let digest = |l: usize| archive.layers()[l].digest.clone();
+        // The profile: span 5 of layer 0, then span 0 of layer 1, then span 2 of layer 0.
+        let rank = pack_rank(&archive, &[(0, 5), (1, 0), (0, 2)], None);
+        assert_eq!(rank(&digest(0), &(500..600)), 0);
+        assert_eq!(rank(&digest(1), &(0..100)), 1);
+        assert_eq!(rank(&digest(0), &(200..300)), 2);
+        // A run of spans goes where its earliest span is.
+        assert_eq!(rank(&digest(0), &(200..600)), 0);
+        // Bytes of no span of the profile (readahead, say), and other blobs: last.
+        assert_eq!(rank(&digest(0), &(800..900)), usize::MAX);
+        assert_eq!(rank("sha256:other", &(0..100)), usize::MAX);
+    }
+}

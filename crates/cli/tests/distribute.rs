@@ -78,7 +78,7 @@ fn an_index_pushed_once_serves_a_second_node() {
             .count()
     };
     assert_eq!(gets(&format!("/manifests/{artifact}")), 1, "{requests:#?}");
-    let index_blob = registry
+    let manifest = registry
         .client()
         .get_manifest(
             "app",
@@ -86,17 +86,30 @@ fn an_index_pushed_once_serves_a_second_node() {
             "application/vnd.oci.image.manifest.v1+json",
         )
         .map(|(_, body)| serde_json::from_slice::<Value>(&body).unwrap())
-        .unwrap()["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(gets(&format!("/blobs/{index_blob}")), 1);
+        .unwrap();
+    let layer = |n: usize| {
+        manifest["layers"][n]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (index_blob, compressed) = (layer(0), layer(1));
+    assert_eq!(
+        manifest["layers"][1]["mediaType"],
+        "application/vnd.clip.index.v1.metadata+zstd"
+    );
+    // The metadata comes compressed: the index blob itself is not read.
+    assert_eq!(gets(&format!("/blobs/{compressed}")), 1, "{requests:#?}");
+    assert_eq!(gets(&format!("/blobs/{index_blob}")), 0, "{requests:#?}");
     assert!(
-        requests
-            .iter()
-            .filter(|r| r.uri.contains(&index_blob))
-            .all(|r| r.is_partial()),
-        "the index blob is read by range: {requests:#?}"
+        (std::fs::metadata(registry.blob_path(&compressed))
+            .unwrap()
+            .len() as usize)
+            < std::fs::read(registry.blob_path(&index_blob)).unwrap()[40..48]
+                .try_into()
+                .map(u64::from_le_bytes)
+                .unwrap() as usize,
+        "smaller than the metadata"
     );
     let blob_bytes = std::fs::read(registry.blob_path(&index_blob)).unwrap();
     let metadata_len = u64::from_le_bytes(blob_bytes[40..48].try_into().unwrap()) as usize;
@@ -349,18 +362,67 @@ fn lying_or_missing_indexes_are_refused() {
         .to_string();
     let stored = registry.blob_path(&blob);
     let good = std::fs::read(&stored).unwrap();
-    let mut bad = good.clone();
     let metadata_len = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
-    bad[metadata_len / 2] ^= 1;
-    std::fs::write(&stored, &bad).unwrap();
-    // A node downloads the metadata, checked against the digest its artifact manifest names
-    // (a damaged window: see `an_index_pushed_once_serves_a_second_node`).
+    let client = registry.client();
+    // Serves `artifact` (a manifest) as image a's only referrer.
+    let only_referrer = |artifact: &Value| {
+        let body = serde_json::to_vec(artifact).unwrap();
+        let digest = clip_testkit::sha256_digest(&body);
+        let media_type = "application/vnd.oci.image.manifest.v1+json";
+        client
+            .push_manifest("app", &digest, media_type, &body)
+            .unwrap();
+        let tag = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": media_type, "digest": digest, "size": body.len(),
+                "artifactType": "application/vnd.clip.index.v1",
+                "annotations": {"dev.clip.index.format": clip_archive::FORMAT_VERSION.to_string()},
+            }],
+        });
+        client
+            .push_manifest(
+                "app",
+                &a.manifest_digest.replacen(':', "-", 1),
+                "application/vnd.oci.image.index.v1+json",
+                &serde_json::to_vec(&tag).unwrap(),
+            )
+            .unwrap();
+    };
+    // Compressed metadata that are not the metadata the manifest names (its blob is what its
+    // digest says: the registry does not lie, the artifact does).
+    let mut wrong = good[..metadata_len].to_vec();
+    wrong[metadata_len / 2] ^= 1;
+    let wrong = zstd::bulk::compress(&wrong, 3).unwrap();
+    let wrong_digest = client.push_blob("app", &wrong).unwrap();
+    let mut lying = manifest.clone();
+    lying["layers"][1]["digest"] = wrong_digest.into();
+    lying["layers"][1]["size"] = wrong.len().into();
+    only_referrer(&lying);
     let err = clip(&["pull", "--cache-dir", &fresh("lied-to"), &a_ref]).failure();
     assert!(
-        err.contains("are not the metadata its manifest names"),
+        err.contains("its compressed metadata")
+            && err.contains("are not the metadata its manifest names"),
+        "{err}"
+    );
+    // An artifact without compressed metadata (an older clip's): the metadata is read from
+    // the index blob by range, and checked just the same.
+    let mut older = manifest.clone();
+    older["layers"].as_array_mut().unwrap().truncate(1);
+    only_referrer(&older);
+    let mut bad = good.clone();
+    bad[metadata_len / 2] ^= 1;
+    std::fs::write(&stored, &bad).unwrap();
+    let err = clip(&["pull", "--cache-dir", &fresh("lied-to-by-range"), &a_ref]).failure();
+    assert!(
+        err.contains(&format!("the first {metadata_len} bytes of its blob"))
+            && err.contains("are not the metadata its manifest names"),
         "{err}"
     );
     std::fs::write(&stored, &good).unwrap();
+    let pulled = pull_json(std::path::Path::new(&fresh("older")), &a_ref);
+    assert_eq!(pulled["source"], "registry", "{pulled}");
 
     // The index of image a, presented as image b's.
     let b_subject = serde_json::json!({
@@ -370,7 +432,6 @@ fn lying_or_missing_indexes_are_refused() {
     forged["subject"] = b_subject;
     let forged_body = serde_json::to_vec(&forged).unwrap();
     let forged_digest = clip_testkit::sha256_digest(&forged_body);
-    let client = registry.client();
     client
         .push_manifest(
             "app",

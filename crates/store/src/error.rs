@@ -71,6 +71,15 @@ pub enum StoreError {
         error: crate::ProfileError,
     },
 
+    /// The index's metadata could not be compressed for pushing.
+    #[error("compressing the metadata of the index for {image}: {error}")]
+    Compress {
+        /// The image.
+        image: String,
+        /// What zstd said.
+        error: io::Error,
+    },
+
     /// The store's directory is not private to this user.
     #[error("index store directory {0}")]
     NotPrivate(clip_sys::private::PrivateDirError),

@@ -373,7 +373,8 @@ impl IndexStore {
         found: &FoundIndex,
         resolved: &ResolvedImage,
     ) -> Result<StoredIndex, StoreError> {
-        let blob = index_blob(client, image, &found.artifact, &resolved.manifest_digest)?;
+        let (blob, compressed) =
+            index_blob(client, image, &found.artifact, &resolved.manifest_digest)?;
         let metadata = index_metadata(image, &found.artifact, &blob)?;
         let stem = self.stem(&resolved.manifest_digest)?;
         let (temp, mut file) = self.temp_file(&stem)?;
@@ -381,18 +382,48 @@ impl IndexStore {
         let downloaded = (|| {
             let bytes = match &metadata {
                 Some((len, digest)) => {
-                    let bytes = client.fetch_range(image, &blob.digest, 0..*len)?;
+                    let bad = |reason: String| StoreError::BadArtifact {
+                        digest: found.artifact.digest.clone(),
+                        repository: format!("{}/{}", image.registry, image.repository),
+                        what: "clip index",
+                        reason,
+                    };
+                    // The compressed metadata when the artifact has it (about half the
+                    // bytes), else the blob's first bytes; either checked against the digest.
+                    let (bytes, from) = match &compressed {
+                        Some(c) => {
+                            // Compressed, it is not larger than the metadata (zstd's bound).
+                            if c.size > len.saturating_add(len / 128).saturating_add(1024) {
+                                return Err(bad(format!(
+                                    "its compressed metadata is {} bytes, for {len} bytes of \
+                                     metadata",
+                                    c.size
+                                )));
+                            }
+                            let mut packed = Vec::new();
+                            client
+                                .blob_reader(image, &c.digest, c.size)?
+                                .read_to_end(&mut packed)
+                                .map_err(clip_registry::RegistryError::from_io_owned)?;
+                            let cap = usize::try_from(*len).unwrap_or(usize::MAX);
+                            let bytes = zstd::bulk::decompress(&packed, cap).map_err(|e| {
+                                bad(format!(
+                                    "its compressed metadata {} does not decompress to at most \
+                                     {len} bytes: {e}",
+                                    c.digest
+                                ))
+                            })?;
+                            (bytes, format!("its compressed metadata {}", c.digest))
+                        }
+                        None => (
+                            client.fetch_range(image, &blob.digest, 0..*len)?,
+                            format!("the first {len} bytes of its blob {}", blob.digest),
+                        ),
+                    };
                     if bytes.len() as u64 != *len || digest_of(&bytes) != *digest {
-                        return Err(StoreError::BadArtifact {
-                            digest: found.artifact.digest.clone(),
-                            repository: format!("{}/{}", image.registry, image.repository),
-                            what: "clip index",
-                            reason: format!(
-                                "the first {len} bytes of its blob {} are not the metadata \
-                                 its manifest names ({digest})",
-                                blob.digest
-                            ),
-                        });
+                        return Err(bad(format!(
+                            "{from} are not the metadata its manifest names ({digest})"
+                        )));
                     }
                     // Not synced: a downloaded index is checked each time it is used (checksum,
                     // binding), and one a crash tore is downloaded again.
