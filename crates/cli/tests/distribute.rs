@@ -364,8 +364,8 @@ fn lying_or_missing_indexes_are_refused() {
     let good = std::fs::read(&stored).unwrap();
     let metadata_len = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
     let client = registry.client();
-    // Serves `artifact` (a manifest) as image a's only referrer.
-    let only_referrer = |artifact: &Value| {
+    // Serves `artifact` (a manifest) as the only referrer of the image manifest `subject`.
+    let only_referrer = |subject: &str, artifact: &Value| {
         let body = serde_json::to_vec(artifact).unwrap();
         let digest = clip_testkit::sha256_digest(&body);
         let media_type = "application/vnd.oci.image.manifest.v1+json";
@@ -384,7 +384,7 @@ fn lying_or_missing_indexes_are_refused() {
         client
             .push_manifest(
                 "app",
-                &a.manifest_digest.replacen(':', "-", 1),
+                &subject.replacen(':', "-", 1),
                 "application/vnd.oci.image.index.v1+json",
                 &serde_json::to_vec(&tag).unwrap(),
             )
@@ -399,7 +399,7 @@ fn lying_or_missing_indexes_are_refused() {
     let mut lying = manifest.clone();
     lying["layers"][1]["digest"] = wrong_digest.into();
     lying["layers"][1]["size"] = wrong.len().into();
-    only_referrer(&lying);
+    only_referrer(&a.manifest_digest, &lying);
     let err = clip(&["pull", "--cache-dir", &fresh("lied-to"), &a_ref]).failure();
     assert!(
         err.contains("its compressed metadata")
@@ -410,7 +410,7 @@ fn lying_or_missing_indexes_are_refused() {
     // the index blob by range, and checked just the same.
     let mut older = manifest.clone();
     older["layers"].as_array_mut().unwrap().truncate(1);
-    only_referrer(&older);
+    only_referrer(&a.manifest_digest, &older);
     let mut bad = good.clone();
     bad[metadata_len / 2] ^= 1;
     std::fs::write(&stored, &bad).unwrap();
@@ -430,34 +430,7 @@ fn lying_or_missing_indexes_are_refused() {
     });
     let mut forged = manifest.clone();
     forged["subject"] = b_subject;
-    let forged_body = serde_json::to_vec(&forged).unwrap();
-    let forged_digest = clip_testkit::sha256_digest(&forged_body);
-    client
-        .push_manifest(
-            "app",
-            &forged_digest,
-            "application/vnd.oci.image.manifest.v1+json",
-            &forged_body,
-        )
-        .unwrap();
-    let tag = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": forged_digest, "size": forged_body.len(),
-            "artifactType": "application/vnd.clip.index.v1",
-            "annotations": {"dev.clip.index.format": clip_archive::FORMAT_VERSION.to_string()},
-        }],
-    });
-    client
-        .push_manifest(
-            "app",
-            &b.manifest_digest.replacen(':', "-", 1),
-            "application/vnd.oci.image.index.v1+json",
-            &serde_json::to_vec(&tag).unwrap(),
-        )
-        .unwrap();
+    only_referrer(&b.manifest_digest, &forged);
     let cache = fresh("forged");
     let err = clip(&["pull", "--cache-dir", &cache, &b_ref]).failure();
     assert!(err.contains("does not belong to"), "{err}");
