@@ -702,21 +702,25 @@ fn profile_spans(archive: &Archive<'_>, profile: &clip_store::Profile) -> Vec<(u
 /// mount starts. None used (said in the log) when there is none or it is unusable: a pack
 /// only makes a start faster.
 fn use_startup_pack(store: &clip_store::IndexStore, manifest_digest: &str, packed: &PackSource) {
-    match store.pack(manifest_digest) {
-        Ok(Some(bytes)) => match RangePack::parse(bytes) {
-            Ok(pack) => {
-                tracing::info!(
-                    ranges = pack.ranges(),
-                    bytes = pack.data_len(),
-                    "startup pack"
-                );
-                packed.put(pack);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!("the startup pack kept for {manifest_digest} is not used: {e}")
-            }
-        },
+    let kept = store
+        .pack(manifest_digest)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            bytes
+                .map(RangePack::parse)
+                .transpose()
+                .map_err(|e| e.to_string())
+        });
+    match kept {
+        Ok(Some(pack)) => {
+            tracing::info!(
+                ranges = pack.ranges(),
+                bytes = pack.data_len(),
+                "startup pack"
+            );
+            packed.put(pack);
+            return;
+        }
         Ok(None) => {}
         Err(e) => tracing::warn!("the startup pack kept for {manifest_digest} is not used: {e}"),
     }

@@ -539,11 +539,9 @@ fn load(slot: &Weak<Slot>, reader: &mut dyn Read, size: u64) -> Result<usize, Lo
     // `size` is at most MAX_PACK_BYTES (table_len checked it).
     let size = usize::try_from(size).map_err(|_| PackError::TooLarge(size))?;
     bytes.reserve_exact(size - bytes.len());
-    let publish = |state: PackState| -> Result<(), LoadError> {
-        slot.upgrade().ok_or(LoadError::Cancelled)?.set(state);
-        Ok(())
-    };
-    publish(PackState::Loading(Some((table.clone(), bytes))))?;
+    slot.upgrade()
+        .ok_or(LoadError::Cancelled)?
+        .set(PackState::Loading(Some((table.clone(), bytes))));
     let mut received = table_end;
     let mut chunk = vec![0u8; 256 << 10];
     loop {

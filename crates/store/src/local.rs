@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use clip_archive::{Archive, FORMAT_VERSION};
-use clip_registry::{Client, Reference, ResolvedImage};
+use clip_registry::{Client, Descriptor, Reference, RegistryError, ResolvedImage};
 use clip_sys::private::{open_dir_at, open_private_dir, FILE_MODE};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,9 @@ pub struct IndexStore {
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The most read of a small record of the store (an origin, a resolution, a pack's place).
+const SMALL_FILE_BYTES: u64 = 64 << 10;
+
 /// `sha256:ab…` → `sha256-ab…`, only for well-formed digests (the name becomes a path).
 fn file_stem(manifest_digest: &str) -> Option<String> {
     let (algorithm, hex) = manifest_digest.split_once(':')?;
@@ -168,7 +171,6 @@ impl IndexStore {
         }
         let origin = self
             .read_small(&format!("{stem}.json"))
-            .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Origin::Local);
         Ok(Some(StoredIndex {
@@ -202,9 +204,7 @@ impl IndexStore {
     /// What `reference` last resolved to for `platform` ([`IndexStore::remember`]), if that
     /// was recorded and names a well-formed digest.
     pub fn recall(&self, reference: &str, platform: &str) -> Option<Resolution> {
-        let bytes = self
-            .read_small(&resolution_name(reference, platform))
-            .ok()?;
+        let bytes = self.read_small(&resolution_name(reference, platform))?;
         let record: Resolution = serde_json::from_slice(&bytes).ok()?;
         (record.reference == reference
             && record.platform == platform
@@ -253,7 +253,7 @@ impl IndexStore {
         let mut bytes = Vec::new();
         reader
             .read_to_end(&mut bytes)
-            .map_err(clip_registry::RegistryError::from_io_owned)
+            .map_err(RegistryError::from_io_owned)
             .map_err(StoreError::Registry)?;
         let profile =
             Profile::parse(&bytes, manifest_digest).map_err(|error| StoreError::Profile {
@@ -291,7 +291,7 @@ impl IndexStore {
     pub fn pack_ref(&self, manifest_digest: &str) -> Result<Option<PackRef>, StoreError> {
         let name = format!("{}.pack.json", self.stem(manifest_digest)?);
         Ok(self
-            .read_if_any(&name, 64 << 10)?
+            .read_if_any(&name, SMALL_FILE_BYTES)?
             .and_then(|bytes| serde_json::from_slice::<PackRef>(&bytes).ok())
             .and_then(PackRef::check))
     }
@@ -382,49 +382,14 @@ impl IndexStore {
         let downloaded = (|| {
             let bytes = match &metadata {
                 Some((len, digest)) => {
-                    let bad = |reason: String| StoreError::BadArtifact {
-                        digest: found.artifact.digest.clone(),
-                        repository: format!("{}/{}", image.registry, image.repository),
-                        what: "clip index",
-                        reason,
-                    };
-                    // The compressed metadata when the artifact has it (about half the
-                    // bytes), else the blob's first bytes; either checked against the digest.
-                    let (bytes, from) = match &compressed {
-                        Some(c) => {
-                            // Compressed, it is not larger than the metadata (zstd's bound).
-                            if c.size > len.saturating_add(len / 128).saturating_add(1024) {
-                                return Err(bad(format!(
-                                    "its compressed metadata is {} bytes, for {len} bytes of \
-                                     metadata",
-                                    c.size
-                                )));
-                            }
-                            let mut packed = Vec::new();
-                            client
-                                .blob_reader(image, &c.digest, c.size)?
-                                .read_to_end(&mut packed)
-                                .map_err(clip_registry::RegistryError::from_io_owned)?;
-                            let cap = usize::try_from(*len).unwrap_or(usize::MAX);
-                            let bytes = zstd::bulk::decompress(&packed, cap).map_err(|e| {
-                                bad(format!(
-                                    "its compressed metadata {} does not decompress to at most \
-                                     {len} bytes: {e}",
-                                    c.digest
-                                ))
-                            })?;
-                            (bytes, format!("its compressed metadata {}", c.digest))
-                        }
-                        None => (
-                            client.fetch_range(image, &blob.digest, 0..*len)?,
-                            format!("the first {len} bytes of its blob {}", blob.digest),
-                        ),
-                    };
-                    if bytes.len() as u64 != *len || digest_of(&bytes) != *digest {
-                        return Err(bad(format!(
-                            "{from} are not the metadata its manifest names ({digest})"
-                        )));
-                    }
+                    let bytes = download_metadata(
+                        client,
+                        image,
+                        &found.artifact,
+                        (&blob, compressed.as_ref()),
+                        *len,
+                        digest,
+                    )?;
                     // Not synced: a downloaded index is checked each time it is used (checksum,
                     // binding), and one a crash tore is downloaded again.
                     file.write_all(&bytes).map_err(|e| self.io(&temp, e))?;
@@ -433,10 +398,8 @@ impl IndexStore {
                 None => {
                     let mut reader = client.blob_reader(image, &blob.digest, blob.size)?;
                     io::copy(&mut reader, &mut file).map_err(|e| {
-                        match clip_registry::RegistryError::from_io(&e) {
-                            Some(_) => {
-                                StoreError::Registry(clip_registry::RegistryError::from_io_owned(e))
-                            }
+                        match RegistryError::from_io(&e) {
+                            Some(_) => StoreError::Registry(RegistryError::from_io_owned(e)),
                             None => self.io(&temp, e),
                         }
                     })?;
@@ -537,13 +500,9 @@ impl IndexStore {
         }
     }
 
-    fn read_small(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-        let mut bytes = Vec::new();
-        self.open_file(name)?
-            .take(64 << 10)
-            .read_to_end(&mut bytes)
-            .map_err(|e| self.io(name, e))?;
-        Ok(bytes)
+    /// A small record of the store (at most [`SMALL_FILE_BYTES`]), if it can be read.
+    fn read_small(&self, name: &str) -> Option<Vec<u8>> {
+        self.read_if_any(name, SMALL_FILE_BYTES).ok().flatten()
     }
 
     /// Renames a finished temp file into place with its origin beside it; removes it when
@@ -578,6 +537,59 @@ impl IndexStore {
         rustix::fs::renameat(self.dir.as_fd(), from, self.dir.as_fd(), to)
             .map_err(|e| self.io(to, e.into()))
     }
+}
+
+/// The metadata of index artifact `artifact` (its first `len` bytes, sha256 `digest`): from its
+/// compressed metadata blob when it has one (about half the bytes), else read by range from
+/// the index blob; either checked against the digest.
+fn download_metadata(
+    client: &Client,
+    image: &Reference,
+    artifact: &Descriptor,
+    (blob, compressed): (&Descriptor, Option<&Descriptor>),
+    len: u64,
+    digest: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let bad = |reason: String| StoreError::BadArtifact {
+        digest: artifact.digest.clone(),
+        repository: format!("{}/{}", image.registry, image.repository),
+        what: "clip index",
+        reason,
+    };
+    let (bytes, from) = match compressed {
+        Some(c) => {
+            // Compressed, it is not larger than the metadata (zstd's bound).
+            if c.size > len.saturating_add(len / 128).saturating_add(1024) {
+                return Err(bad(format!(
+                    "its compressed metadata is {} bytes, for {len} bytes of metadata",
+                    c.size
+                )));
+            }
+            let mut packed = Vec::new();
+            client
+                .blob_reader(image, &c.digest, c.size)?
+                .read_to_end(&mut packed)
+                .map_err(RegistryError::from_io_owned)?;
+            let cap = usize::try_from(len).unwrap_or(usize::MAX);
+            let bytes = zstd::bulk::decompress(&packed, cap).map_err(|e| {
+                bad(format!(
+                    "its compressed metadata {} does not decompress to at most {len} bytes: {e}",
+                    c.digest
+                ))
+            })?;
+            (bytes, format!("its compressed metadata {}", c.digest))
+        }
+        None => (
+            client.fetch_range(image, &blob.digest, 0..len)?,
+            format!("the first {len} bytes of its blob {}", blob.digest),
+        ),
+    };
+    if bytes.len() as u64 != len || digest_of(&bytes) != digest {
+        return Err(bad(format!(
+            "{from} are not the metadata its manifest names ({digest})"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Whether `archive` describes `image` as the registry describes it now: the same manifest
